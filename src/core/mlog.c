@@ -1,0 +1,339 @@
+/*
+ * mlog.c - the mail log writer and one function per event (see mlog.h).
+ *
+ * Never blocks on anything but the write() of a line into the page cache;
+ * never lets untrusted text through unescaped; a failed write is counted
+ * and reported once on stderr, never fatal (mail flow must not stop
+ * because the log disk is full).
+ */
+#include "core/mlog.h"
+#include "core/buf.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MLOG_TEXT_MAX 1024 /* bound on one untrusted field */
+
+static struct {
+    int fd;
+    char *path;
+    bool use_syslog;
+    bool write_failed;
+    void (*capture)(void *, const char *);
+    void *capture_arg;
+} lg = {.fd = -1};
+
+static const char *const level_names[] = {
+    [MLOG_CRITICAL] = "Critical",
+    [MLOG_WARNING] = "Warning",
+    [MLOG_INFO] = "Info",
+    [MLOG_DEBUG] = "Debug",
+};
+
+static const int level_prio[] = {
+    [MLOG_CRITICAL] = LOG_CRIT,
+    [MLOG_WARNING] = LOG_WARNING,
+    [MLOG_INFO] = LOG_INFO,
+    [MLOG_DEBUG] = LOG_DEBUG,
+};
+
+void mlog_format(char *out, size_t outlen, long long t, enum mlog_level lvl,
+                 const char *msg)
+{
+    struct tm tm;
+    time_t tt = (time_t)t;
+    char stamp[64];
+    localtime_r(&tt, &tm);
+    /* ctime(3) layout: "Tue Oct  8 13:21:35 2024". */
+    strftime(stamp, sizeof(stamp), "%a %b %e %H:%M:%S %Y", &tm);
+    if (!str_printf(out, outlen, "%s %s: %s\n", stamp, level_names[lvl],
+                    msg)) {
+        /* Keep the line a line even when truncated. */
+        if (outlen >= 2) {
+            out[outlen - 2] = '\n';
+            out[outlen - 1] = '\0';
+        }
+    }
+}
+
+/* Write one finished line to every destination. */
+static void emit(enum mlog_level lvl, const char *msg)
+{
+    char line[8192];
+    mlog_format(line, sizeof(line), (long long)time(NULL), lvl, msg);
+    if (lg.capture) {
+        lg.capture(lg.capture_arg, line);
+        return;
+    }
+    int fd = lg.fd >= 0 ? lg.fd : STDERR_FILENO;
+    size_t len = strlen(line);
+    ssize_t n;
+    do
+        n = write(fd, line, len);
+    while (n < 0 && errno == EINTR);
+    if ((n < 0 || (size_t)n != len) && !lg.write_failed) {
+        lg.write_failed = true;
+        fprintf(stderr, "moat: mail log write failed: %s\n",
+                n < 0 ? strerror(errno) : "short write");
+    } else if (n >= 0 && (size_t)n == len)
+        lg.write_failed = false;
+    if (lg.use_syslog)
+        syslog(LOG_MAIL | level_prio[lvl], "%s: %s", level_names[lvl], msg);
+}
+
+static void vlogf(enum mlog_level lvl, const char *fmt, va_list ap)
+{
+    struct buf b = {0};
+    buf_vprintf(&b, fmt, ap);
+    emit(lvl, buf_str(&b));
+    buf_free(&b);
+}
+
+static void MOAT_PRINTF(1, 2) info(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlogf(MLOG_INFO, fmt, ap);
+    va_end(ap);
+}
+
+/* Escape untrusted text into a temporary buffer, bounded. */
+static const char *esc(struct buf *b, const char *s, size_t len, char q)
+{
+    buf_reset(b);
+    if (s == NULL)
+        return "";
+    bool cut = len > MLOG_TEXT_MAX;
+    buf_put_escaped(b, s, cut ? MLOG_TEXT_MAX : len, q);
+    if (cut)
+        buf_puts(b, "...");
+    return buf_str(b);
+}
+
+static bool open_fd(const char *path, int *fd, char *err, size_t errlen)
+{
+    *fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (*fd < 0) {
+        if (err)
+            str_printf(err, errlen, "cannot open mail log %s: %s", path,
+                       strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+bool mlog_open(const char *path, bool use_syslog, const char *version,
+               const char *serial, char *err, size_t errlen)
+{
+    int fd;
+    if (!open_fd(path, &fd, err, errlen))
+        return false;
+    mlog_close();
+    lg.fd = fd;
+    lg.path = xstrdup(path);
+    lg.use_syslog = use_syslog;
+    if (use_syslog)
+        openlog("moatd", LOG_PID | LOG_NDELAY, LOG_MAIL);
+    struct tm tm;
+    time_t now = time(NULL);
+    localtime_r(&now, &tm);
+    info("Begin Logfile");
+    info("Version: %s SN: %s", version, serial);
+    info("Time offset from UTC: %ld seconds", (long)tm.tm_gmtoff);
+    return true;
+}
+
+bool mlog_reopen(void)
+{
+    int fd;
+    char err[256];
+    if (lg.path == NULL)
+        return true;
+    if (!open_fd(lg.path, &fd, err, sizeof(err))) {
+        mlog_system(MLOG_WARNING, "%s", err);
+        return false;
+    }
+    info("End Logfile");
+    close(lg.fd);
+    lg.fd = fd;
+    info("Begin Logfile");
+    return true;
+}
+
+void mlog_close(void)
+{
+    if (lg.fd >= 0) {
+        info("End Logfile");
+        close(lg.fd);
+    }
+    lg.fd = -1;
+    free(lg.path);
+    lg.path = NULL;
+    if (lg.use_syslog)
+        closelog();
+    lg.use_syslog = false;
+}
+
+void mlog_capture(void (*fn)(void *arg, const char *line), void *arg)
+{
+    lg.capture = fn;
+    lg.capture_arg = arg;
+}
+
+void mlog_system(enum mlog_level lvl, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlogf(lvl, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- connection events ------------------------------------------------ */
+
+void mlog_icid_new(uint64_t icid, const char *iface, const char *iface_ip,
+                   const char *addr, const char *rdns, bool verified)
+{
+    struct buf b = {0};
+    info("New SMTP ICID %llu interface %s (%s) address %s reverse dns host "
+         "%s verified %s",
+         (unsigned long long)icid, iface, iface_ip, addr,
+         rdns ? esc(&b, rdns, strlen(rdns), 0) : "unknown",
+         verified ? "yes" : "no");
+    buf_free(&b);
+}
+
+void mlog_icid_hat(uint64_t icid, const char *rule, const char *group,
+                   const char *match)
+{
+    info("ICID %llu %s SG %s match %s SBRS not enabled country not enabled",
+         (unsigned long long)icid, rule, group, match);
+}
+
+void mlog_icid_close(uint64_t icid)
+{
+    info("ICID %llu close", (unsigned long long)icid);
+}
+
+void mlog_icid_lost(uint64_t icid)
+{
+    info("ICID %llu lost", (unsigned long long)icid);
+}
+
+void mlog_icid_receiving_failed(uint64_t icid, const char *reason)
+{
+    info("ICID %llu Receiving Failed: %s", (unsigned long long)icid, reason);
+}
+
+void mlog_icid_disconnected(uint64_t icid, const char *addr, const char *why)
+{
+    info("ICID %llu disconnected address %s, %s", (unsigned long long)icid,
+         addr, why);
+}
+
+void mlog_icid_unknown_command(uint64_t icid, const char *cmd, size_t len)
+{
+    struct buf b = {0};
+    info("ICID %llu Unknown command: %s", (unsigned long long)icid,
+         esc(&b, cmd, len, 0));
+    buf_free(&b);
+}
+
+void mlog_icid_bad_syntax(uint64_t icid, const char *cmd, size_t len)
+{
+    struct buf b = {0};
+    info("ICID %llu Bad syntax for command: %s", (unsigned long long)icid,
+         esc(&b, cmd, len, 0));
+    buf_free(&b);
+}
+
+void mlog_icid_invalid_sender(uint64_t icid, const char *reason,
+                              const char *part)
+{
+    struct buf b = {0};
+    info("ICID %llu Invalid sender address: %s: '%s'",
+         (unsigned long long)icid, reason, esc(&b, part, strlen(part), '\''));
+    buf_free(&b);
+}
+
+void mlog_icid_invalid_rcpt(uint64_t icid, uint64_t mid, const char *reason,
+                            const char *part)
+{
+    struct buf b = {0};
+    info("ICID %llu MID %llu Invalid recipient address: %s: '%s'",
+         (unsigned long long)icid, (unsigned long long)mid, reason,
+         esc(&b, part, strlen(part), '\''));
+    buf_free(&b);
+}
+
+/* ---- message events --------------------------------------------------- */
+
+void mlog_mid_start(uint64_t mid, uint64_t icid)
+{
+    info("Start MID %llu ICID %llu", (unsigned long long)mid,
+         (unsigned long long)icid);
+}
+
+void mlog_mid_from(uint64_t mid, uint64_t icid, const char *from)
+{
+    struct buf b = {0};
+    info("MID %llu ICID %llu From: <%s>", (unsigned long long)mid,
+         (unsigned long long)icid, esc(&b, from, strlen(from), 0));
+    buf_free(&b);
+}
+
+void mlog_mid_rcpt(uint64_t mid, uint64_t icid, unsigned rid, const char *to)
+{
+    struct buf b = {0};
+    info("MID %llu ICID %llu RID %u To: <%s>", (unsigned long long)mid,
+         (unsigned long long)icid, rid, esc(&b, to, strlen(to), 0));
+    buf_free(&b);
+}
+
+void mlog_mid_rcpt_rejected(uint64_t mid, uint64_t icid, const char *to,
+                            const char *by)
+{
+    struct buf b = {0};
+    info("MID %llu ICID %llu To: <%s> Rejected by %s",
+         (unsigned long long)mid, (unsigned long long)icid,
+         esc(&b, to, strlen(to), 0), by);
+    buf_free(&b);
+}
+
+void mlog_mid_message_id(uint64_t mid, const char *msgid)
+{
+    struct buf b = {0};
+    info("MID %llu Message-ID '%s'", (unsigned long long)mid,
+         esc(&b, msgid, strlen(msgid), '\''));
+    buf_free(&b);
+}
+
+void mlog_mid_subject(uint64_t mid, const char *subject)
+{
+    struct buf b = {0};
+    info("MID %llu Subject '%s'", (unsigned long long)mid,
+         esc(&b, subject, strlen(subject), '\''));
+    buf_free(&b);
+}
+
+void mlog_mid_ready(uint64_t mid, uint64_t bytes, const char *from)
+{
+    struct buf b = {0};
+    info("MID %llu ready %llu bytes from <%s>", (unsigned long long)mid,
+         (unsigned long long)bytes, esc(&b, from, strlen(from), 0));
+    buf_free(&b);
+}
+
+void mlog_mid_queued(uint64_t mid)
+{
+    info("MID %llu queued for delivery", (unsigned long long)mid);
+}
+
+void mlog_mid_aborted(uint64_t mid)
+{
+    info("Message aborted MID %llu Receiving aborted",
+         (unsigned long long)mid);
+}

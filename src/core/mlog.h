@@ -1,0 +1,69 @@
+/*
+ * mlog.h - the mail log (the appliance's "mail_logs" text format).
+ *
+ * Every line is "<Www Mmm dd hh:mm:ss yyyy> <Level>: <message>", written
+ * with one write() to a file opened O_APPEND, so lines survive a crash of
+ * the daemon and interleave whole. There is one function per event, taking
+ * the IDs as arguments; their shapes are the appliance's (see
+ * docs/maillog.md, which lists every line moat writes) and are pinned by
+ * golden tests. Untrusted text (addresses, subjects, commands) is escaped
+ * so a client can never forge a line.
+ */
+#ifndef MOAT_CORE_MLOG_H
+#define MOAT_CORE_MLOG_H
+
+#include "core/util.h"
+
+enum mlog_level { MLOG_CRITICAL, MLOG_WARNING, MLOG_INFO, MLOG_DEBUG };
+
+/* Open (create) the log file; also send lines to syslog (LOG_MAIL) when
+ * use_syslog. Writes the "Begin Logfile" header. Returns false with a
+ * reason in err. Without mlog_open, lines go to stderr. */
+bool mlog_open(const char *path, bool use_syslog, const char *version,
+               const char *serial, char *err, size_t errlen);
+/* Reopen the same path (after rotation). Returns false and keeps writing
+ * to the old descriptor if the file cannot be opened. */
+bool mlog_reopen(void);
+void mlog_close(void);
+/* Format the line for `t` into out (used by tests): "Tue Oct  8 13:21:35
+ * 2024 Info: msg". */
+void mlog_format(char *out, size_t outlen, long long t, enum mlog_level lvl,
+                 const char *msg);
+/* Tests: capture lines in memory instead of writing them. */
+void mlog_capture(void (*fn)(void *arg, const char *line), void *arg);
+
+/* A free-form system line (start-up, warnings). */
+void mlog_system(enum mlog_level lvl, const char *fmt, ...)
+    MOAT_PRINTF(2, 3);
+
+/* Connections (ICID). */
+void mlog_icid_new(uint64_t icid, const char *iface, const char *iface_ip,
+                   const char *addr, const char *rdns, bool verified);
+void mlog_icid_hat(uint64_t icid, const char *rule, const char *group,
+                   const char *match);
+void mlog_icid_close(uint64_t icid);
+void mlog_icid_lost(uint64_t icid);
+void mlog_icid_receiving_failed(uint64_t icid, const char *reason);
+void mlog_icid_disconnected(uint64_t icid, const char *addr,
+                            const char *why);
+void mlog_icid_unknown_command(uint64_t icid, const char *cmd, size_t len);
+void mlog_icid_bad_syntax(uint64_t icid, const char *cmd, size_t len);
+void mlog_icid_invalid_sender(uint64_t icid, const char *reason,
+                              const char *part);
+void mlog_icid_invalid_rcpt(uint64_t icid, uint64_t mid, const char *reason,
+                            const char *part);
+
+/* Messages (MID). */
+void mlog_mid_start(uint64_t mid, uint64_t icid);
+void mlog_mid_from(uint64_t mid, uint64_t icid, const char *from);
+void mlog_mid_rcpt(uint64_t mid, uint64_t icid, unsigned rid,
+                   const char *to);
+void mlog_mid_rcpt_rejected(uint64_t mid, uint64_t icid, const char *to,
+                            const char *by);
+void mlog_mid_message_id(uint64_t mid, const char *msgid);
+void mlog_mid_subject(uint64_t mid, const char *subject);
+void mlog_mid_ready(uint64_t mid, uint64_t bytes, const char *from);
+void mlog_mid_queued(uint64_t mid);
+void mlog_mid_aborted(uint64_t mid);
+
+#endif
