@@ -1,0 +1,209 @@
+/*
+ * moatctl.c - the administration client.
+ *
+ * Sends one request to moatd's control socket and prints the answer. The
+ * command list below is the tool's documentation: `moatctl --help` prints
+ * it, `moatctl CMD --help` prints one entry. The socket path comes from
+ * -s, or from the configuration file given with -c (the built-in
+ * configuration's path otherwise).
+ */
+#include "admin/control.h"
+#include "conf/conf.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct command {
+    const char *name;  /* request sent to moatd */
+    const char *usage; /* arguments */
+    const char *help;  /* one paragraph */
+};
+
+static const struct command commands[] = {
+    {"status", "",
+     "Show uptime, configuration, counters (connections, messages and "
+     "recipients received, rejected recipients, aborted transactions, "
+     "spool flushes) and gauges (open sessions, messages and kilobytes in "
+     "the spool, the last MID and ICID issued)."},
+    {"queue list", "",
+     "List the messages held in the spool: MID, size in bytes, time "
+     "received, number of recipients and envelope sender."},
+    {"configtest", "",
+     "Ask moatd to read and validate its configuration file without "
+     "applying it. Errors are printed as file:line:column: reason."},
+    {"commit", "",
+     "Validate the configuration file and apply it atomically. A file with "
+     "errors is refused and the running configuration stays. Listeners "
+     "whose address is unchanged keep their sockets; open sessions finish "
+     "under the configuration they started with. spool_dir, user, pidfile, "
+     "control_socket and the mail log path take effect at the next "
+     "restart."},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moatctl [-c FILE | -s SOCKET] COMMAND [ARGS]\n"
+               "       moatctl COMMAND --help\n\n"
+               "  -c FILE    moatd's configuration file (for the socket "
+               "path)\n"
+               "  -s SOCKET  moatd's control socket\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].usage);
+    fprintf(f, "\nmoatctl COMMAND --help describes a command.\n");
+}
+
+/* Print a paragraph wrapped at 72 columns. */
+static void print_wrapped(const char *text)
+{
+    size_t col = 0;
+    while (*text) {
+        size_t w = strcspn(text, " ");
+        if (col && col + 1 + w > 72) {
+            putchar('\n');
+            col = 0;
+        } else if (col) {
+            putchar(' ');
+            col++;
+        }
+        printf("%.*s", (int)w, text);
+        col += w;
+        text += w;
+        while (*text == ' ')
+            text++;
+    }
+    putchar('\n');
+}
+
+/* Match argv words against the command names ("queue" "list"). */
+static const struct command *find_command(int argc, char **argv, int *used)
+{
+    char joined[256] = "";
+    const struct command *best = NULL;
+    for (int n = 1; n <= argc && n <= 3; n++) {
+        if (n > 1)
+            strncat(joined, " ", sizeof(joined) - strlen(joined) - 1);
+        strncat(joined, argv[n - 1], sizeof(joined) - strlen(joined) - 1);
+        for (size_t i = 0; i < ARRAY_LEN(commands); i++)
+            if (strcmp(commands[i].name, joined) == 0) {
+                best = &commands[i];
+                *used = n;
+            }
+    }
+    return best;
+}
+
+/* Send the request and copy the answer to stdout; return the exit code. */
+static int request(const char *path, const char *req)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (!str_copy(sun.sun_path, sizeof(sun.sun_path), path)) {
+        fprintf(stderr, "moatctl: socket path too long: %s\n", path);
+        return 2;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+        fprintf(stderr, "moatctl: cannot connect to moatd at %s: %s\n", path,
+                strerror(errno));
+        fprintf(stderr, "moatctl: is moatd running? (give its "
+                        "configuration with -c FILE)\n");
+        return 2;
+    }
+    char line[CONTROL_LINE_MAX + 2];
+    str_printf(line, sizeof(line), "%s\n", req);
+    if (write(fd, line, strlen(line)) < 0) {
+        fprintf(stderr, "moatctl: write: %s\n", strerror(errno));
+        return 2;
+    }
+    char buf[65536];
+    ssize_t n;
+    int status = -1;
+    size_t skip = 0;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        size_t off = 0;
+        if (status < 0) {
+            status = strncmp(buf, "OK\n", 3) == 0 ? 0 : 1;
+            skip = status == 0 ? 3 : 4;
+            off = (size_t)n < skip ? (size_t)n : skip;
+        }
+        fwrite(buf + off, 1, (size_t)n - off, status ? stderr : stdout);
+    }
+    close(fd);
+    if (status < 0) {
+        fprintf(stderr, "moatctl: moatd closed the connection without an "
+                        "answer\n");
+        return 2;
+    }
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    const char *conf_path = NULL, *sock = NULL;
+    int opt;
+    static const struct option longopts[] = {{"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    while ((opt = getopt_long(argc, argv, "+c:s:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            conf_path = optarg;
+            break;
+        case 's':
+            sock = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    int used = 0;
+    const struct command *cmd =
+        find_command(argc - optind, argv + optind, &used);
+    if (cmd == NULL) {
+        fprintf(stderr, "moatctl: unknown command \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    char **rest = argv + optind + used;
+    int nrest = argc - optind - used;
+    if (nrest > 0 && (strcmp(rest[0], "--help") == 0 ||
+                      strcmp(rest[0], "-h") == 0)) {
+        printf("usage: moatctl %s %s\n\n", cmd->name, cmd->usage);
+        print_wrapped(cmd->help);
+        return 0;
+    }
+    if (nrest > 0) {
+        fprintf(stderr, "moatctl: %s takes no arguments\n", cmd->name);
+        return 2;
+    }
+    char *sock_alloc = NULL;
+    if (sock == NULL) {
+        struct conf_errors e = {0};
+        struct moat_conf *c =
+            conf_path ? conf_load(conf_path, &e)
+                      : conf_load_string("(built-in)", conf_default_text, &e);
+        if (c == NULL) {
+            conf_errors_print(&e, stderr);
+            conf_errors_free(&e);
+            fprintf(stderr, "moatctl: cannot find the control socket; give "
+                            "it with -s SOCKET\n");
+            return 2;
+        }
+        sock = sock_alloc = xstrdup(c->control_socket);
+        conf_unref(c);
+    }
+    int rc = request(sock, cmd->name);
+    free(sock_alloc);
+    return rc;
+}
