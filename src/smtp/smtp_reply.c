@@ -8,7 +8,7 @@
 
 static const struct smtp_reply replies[R__COUNT] = {
     [R_NONE] = {0, NULL, ""},
-    [R_OK] = {250, "2.0.0", "Ok"},
+    [R_GENERIC_OK] = {250, "2.0.0", "Ok"},
     [R_SENDER_OK] = {250, "2.1.0", "Sender ok"},
     [R_RCPT_OK] = {250, "2.1.5", "Recipient ok"},
     [R_RESET_OK] = {250, "2.0.0", "Reset state"},

@@ -11,7 +11,7 @@
 
 enum smtp_reply_id {
     R_NONE = 0,          /* no reply (parser: success) */
-    R_OK,                /* 250 2.0.0 Ok */
+    R_GENERIC_OK,                /* 250 2.0.0 Ok */
     R_SENDER_OK,         /* 250 2.1.0 Sender ok */
     R_RCPT_OK,           /* 250 2.1.5 Recipient ok */
     R_RESET_OK,          /* 250 2.0.0 Reset state */

@@ -88,6 +88,7 @@ struct session {
 
 static void session_process(struct session *s);
 static void session_free(struct session *s);
+static void txn_end(struct session *s, bool log_abort);
 
 struct session *session_next(struct session *s)
 {
@@ -124,6 +125,10 @@ static void set_timeout(struct session *s, unsigned secs)
 /* Stop reading and free the session once the queued replies are out. */
 static void close_after_flush(struct session *s)
 {
+    /* Ending the session ends its transaction, unless the message is
+     * already with the spool (then it completes on its own). */
+    if (s->txn && !s->commit_pending)
+        txn_end(s, true);
     s->state = SS_CLOSING;
     bufferevent_disable(s->bev, EV_READ);
     bufferevent_enable(s->bev, EV_WRITE);
@@ -585,7 +590,7 @@ static void cmd_rset(struct session *s, const struct smtp_cmd *c)
 static void cmd_noop(struct session *s, const struct smtp_cmd *c)
 {
     (void)c;
-    reply(s, R_OK);
+    reply(s, R_GENERIC_OK);
 }
 
 static void cmd_quit(struct session *s, const struct smtp_cmd *c)
