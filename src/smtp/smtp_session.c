@@ -455,7 +455,7 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
         error_reply(s, R_NEED_MAIL);
         return;
     }
-    if (t->bdat && t->msg)
+    if (t->bdat)
         {
         error_reply(s, R_BAD_SEQUENCE);
         return;

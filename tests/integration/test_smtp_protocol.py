@@ -1326,11 +1326,6 @@ def test_rat_rows_and_custom_replies(moat):
     ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): RCPT inside a BDAT transaction is refused with 503 only "
-    "while the spool file is open (cmd_rcpt tests t->bdat && t->msg); after a "
-    "chunk made the message too big (or a spool write failed) t->msg is NULL "
-    "and RCPT is accepted and logged as a new RID"))
 @pytest.mark.moat_conf({
     ("listener", "IncomingMail"): {"type": "public", "address": "127.0.0.1:{port}",
                                    "max_message_size": 2000},
