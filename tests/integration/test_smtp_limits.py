@@ -653,3 +653,33 @@ def test_helo_argument_length(moat):
     assert lines[2:5] == ["ICID %d Bad syntax for command: EHLO" % icid,
                           "ICID %d Bad syntax for command: HELO" % icid,
                           "ICID %d Bad syntax for command: EHLO" % icid]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: when connection_timeout ends a session that is in DATA/BDAT, "
+    "session_timeout() logs 'Receiving Failed: Data timeout' (documented as "
+    "'no data for data_timeout') although data kept flowing; the documented "
+    "line 'disconnected address <ip>, exceeded allowable connection time' is "
+    "not written"))
+@pytest.mark.moat_conf(conf(command_timeout=10, data_timeout=10, connection_timeout=2))
+def test_connection_timeout_during_data_names_the_right_limit(moat):
+    mark = moat.log_mark()
+    c, icid = connect(moat)
+    t0 = time.monotonic()
+    with c:
+        begin_data(c)
+        try:
+            while time.monotonic() - t0 < 5:  # data keeps flowing
+                c.send(b"more data\r\n")
+                time.sleep(0.2)
+        except OSError:
+            pass
+        assert c.reply(timeout=2).line == TIMEOUT_421
+    lines = session_log(moat, mark, icid)
+    mid = start_mid(lines, icid)[0]
+    assert lines[-3:] == [
+        "ICID %d disconnected address 127.0.0.1, exceeded allowable connection time"
+        % icid,
+        "Message aborted MID %d Receiving aborted" % mid,
+        "ICID %d close" % icid,
+    ]
