@@ -291,10 +291,14 @@ class Moat:
         assert not self.running(), "moatd already running"
         self.unexpected_exit = None
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            # A UBSan report must fail the test (the exit status is checked
+            # at teardown), not scroll by in stderr.
+            env = dict(os.environ)
+            env.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
             self.proc = subprocess.Popen(
                 [self.moatd_bin, "-f", "-c", str(self.conf_path)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                cwd=self.dir, start_new_session=True)
+                cwd=self.dir, start_new_session=True, env=env)
         deadline = time.monotonic() + timeout
         pending = dict(self.ports)
         while True:
