@@ -16,7 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MLOG_TEXT_MAX 1024 /* bound on one untrusted field */
 
 static struct {
     int fd;

@@ -14,6 +14,10 @@
 
 #include "core/util.h"
 
+/* Bound on one untrusted field in a line; longer text is cut and "..."
+ * marks the cut. */
+#define MLOG_TEXT_MAX 1024
+
 enum mlog_level { MLOG_CRITICAL, MLOG_WARNING, MLOG_INFO, MLOG_DEBUG };
 
 /* Open (create) the log file; also send lines to syslog (LOG_MAIL) when

@@ -19,8 +19,11 @@
 #define MOAT_SMTP_DATA_H
 
 #include "core/buf.h"
+#include "core/mlog.h"
 
-#define SMTP_DATA_HDR_VALUE_MAX 998 /* captured header value bound */
+/* Captured header value bound: one byte more than the mail log shows, so
+ * the log sees that a longer value was cut and marks it with "...". */
+#define SMTP_DATA_HDR_VALUE_MAX (MLOG_TEXT_MAX + 1)
 
 enum smtp_data_mode {
     SMTP_DATA_DOT,  /* DATA: dot-stuffed, ends at <CRLF>.<CRLF> */

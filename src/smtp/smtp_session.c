@@ -212,15 +212,15 @@ static void received_header(struct session *s, struct buf *b)
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
     const char *proto = s->esmtp ? (t->params.smtputf8 ? "UTF8SMTP" : "ESMTP")
                                  : "SMTP";
-    buf_printf(b, "Received: from ");
-    buf_put_escaped(b, s->helo, strlen(s->helo), 0);
+    /* The HELO name and the recipient go in verbatim: both were
+     * validated (no CR, LF, NUL or other controls), and escaping them
+     * would change the recipient's quoted local part. */
+    buf_printf(b, "Received: from %s", s->helo);
     buf_printf(b, " (unknown [%s])\r\n\tby %s with %s id %llu (ICID %llu)",
                s->ip, s->lc->hostname, proto, (unsigned long long)t->mid,
                (unsigned long long)s->icid);
     if (t->nrcpt == 1) {
-        buf_puts(b, "\r\n\tfor <");
-        buf_put_escaped(b, t->rcpts[0], strlen(t->rcpts[0]), 0);
-        buf_putc(b, '>');
+        buf_printf(b, "\r\n\tfor <%s>", t->rcpts[0]);
     }
     buf_printf(b, ";\r\n\t%s\r\n", date);
 }
@@ -836,12 +836,20 @@ static void on_write(struct bufferevent *bev, void *arg)
 }
 
 /* A timeout: tell the client, log what was interrupted, close. */
+/* End a session on a timeout. `why` is the disconnect reason; NULL
+ * means the read timeout fired, which during DATA/BDAT is the data
+ * timeout and otherwise the command timeout. */
 static void session_timeout(struct session *s, const char *why)
 {
-    if (s->txn && (s->state == SS_DATA || s->state == SS_BDAT))
+    bool in_data = s->txn && (s->state == SS_DATA || s->state == SS_BDAT);
+    if (why == NULL && in_data)
         mlog_icid_receiving_failed(s->icid, "Data timeout");
     else
-        mlog_icid_disconnected(s->icid, s->ip, why);
+        mlog_icid_disconnected(
+            s->icid, s->ip,
+            why ? why
+                : s->messages ? "command timeout"
+                              : "no messages injected within timeout period");
     if (s->state == SS_COMMIT)
         return; /* the commit will answer; the client may still get it */
     txn_end(s, true);
@@ -858,9 +866,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             mlog_icid_close(s->icid);
             session_free(s);
         } else
-            session_timeout(s, s->messages ? "command timeout"
-                                           : "no messages injected within "
-                                             "timeout period");
+            session_timeout(s, NULL);
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {

@@ -655,12 +655,6 @@ def test_helo_argument_length(moat):
                           "ICID %d Bad syntax for command: EHLO" % icid]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when connection_timeout ends a session that is in DATA/BDAT, "
-    "session_timeout() logs 'Receiving Failed: Data timeout' (documented as "
-    "'no data for data_timeout') although data kept flowing; the documented "
-    "line 'disconnected address <ip>, exceeded allowable connection time' is "
-    "not written"))
 @pytest.mark.moat_conf(conf(command_timeout=10, data_timeout=10, connection_timeout=2))
 def test_connection_timeout_during_data_names_the_right_limit(moat):
     mark = moat.log_mark()
