@@ -72,6 +72,8 @@ struct spool {
     size_t nidx, idxcap;
     uint64_t bytes;
     struct spool_stats stats;
+    void (*notify)(void *arg, const struct spool_entry *e);
+    void *notify_arg;
 };
 
 struct spool_msg {
@@ -232,6 +234,7 @@ static struct spool_msg *msg_create(struct spool *sp,
     m->fd = fd;
     memcpy(m->name, name, sizeof(name));
     m->entry = spool_entry_from_env(env);
+    m->entry->content_off = hdr->len;
     m->crc = spool_crc32(0, hdr->data, hdr->len);
     return m;
 }
@@ -354,6 +357,7 @@ void spool_msg_commit(struct spool_msg *m, spool_commit_cb cb, void *arg)
     free(m->out);
     m->out = NULL;
     m->entry->size = m->size;
+    m->entry->file_len = spool_file_len(m->entry->content_off, m->size);
     /* A failed message goes the same way: its callback must not run
      * inside this function, and the commit thread unlinks its file. */
     pthread_mutex_lock(&sp->mu);
@@ -483,6 +487,184 @@ static void *commit_main(void *arg)
     return NULL;
 }
 
+/* ---- recipient state, removal, reading (loop thread) ---- */
+
+void spool_set_notify(struct spool *sp,
+                      void (*fn)(void *arg, const struct spool_entry *e),
+                      void *arg)
+{
+    sp->notify = fn;
+    sp->notify_arg = arg;
+}
+
+/* Drop the entry at index position `at` from the index and free it. */
+static void idx_remove_at(struct spool *sp, size_t at)
+{
+    struct spool_entry *e = sp->idx[at];
+    sp->bytes -= e->size;
+    memmove(&sp->idx[at], &sp->idx[at + 1],
+            (sp->nidx - at - 1) * sizeof(*sp->idx));
+    sp->nidx--;
+    spool_entry_free(e);
+}
+
+int spool_remove(struct spool *sp, uint64_t mid)
+{
+    size_t at = idx_lower(sp, mid);
+    if (at >= sp->nidx || sp->idx[at]->mid != mid)
+        return ENOENT;
+    char name[NAME_LEN];
+    mid_name(name, mid);
+    int err = 0;
+    /* Not flushed: if the unlink is lost in a crash, recovery finds every
+     * recipient done in the status records and removes the file. */
+    if (unlinkat(sp->queuefd, name, 0) != 0 && errno != ENOENT)
+        err = errno;
+    idx_remove_at(sp, at);
+    return err;
+}
+
+int spool_rcpt_update(struct spool *sp, uint64_t mid,
+                      const struct spool_rcpt_update *u, size_t n,
+                      bool *removed)
+{
+    enum { REC = SPOOL_REC_HDR + SPOOL_STATUS_LEN };
+    *removed = false;
+    size_t at = idx_lower(sp, mid);
+    if (at >= sp->nidx || sp->idx[at]->mid != mid)
+        return ENOENT;
+    struct spool_entry *e = sp->idx[at];
+    unsigned char *recs = xmalloc(n * REC + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (u[i].rid >= e->nrcpt)
+            continue;
+        struct spool_rcpt *st = &e->rstate[u[i].rid];
+        if (st->state != SPOOL_RCPT_PENDING)
+            continue; /* final states are final */
+        *st = u[i].st;
+        if (st->state != SPOOL_RCPT_PENDING)
+            e->ndone++;
+        spool_put_status(recs + k * REC, u[i].rid, st);
+        k++;
+    }
+    if (e->ndone == e->nrcpt) {
+        free(recs);
+        *removed = true;
+        return spool_remove(sp, mid);
+    }
+    int err = 0;
+    if (k > 0) {
+        char name[NAME_LEN];
+        mid_name(name, mid);
+        int fd = openat(sp->queuefd, name,
+                        O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            err = errno;
+        else {
+            err = write_all(fd, recs, k * REC);
+            close(fd);
+        }
+        if (err == 0)
+            e->file_len += k * REC;
+    }
+    free(recs);
+    return err;
+}
+
+struct spool_reader {
+    int fd;
+    uint64_t start;    /* offset of the first content record */
+    uint64_t pos;      /* offset of the next byte to read */
+    uint64_t total;    /* content bytes, from the index */
+    uint64_t done;     /* content bytes returned so far */
+    uint32_t rec_left; /* payload bytes left in the current record */
+};
+
+struct spool_reader *spool_reader_open(struct spool *sp, uint64_t mid,
+                                       int *errnum)
+{
+    const struct spool_entry *e = spool_find(sp, mid);
+    if (e == NULL) {
+        *errnum = ENOENT;
+        return NULL;
+    }
+    char name[NAME_LEN];
+    mid_name(name, mid);
+    int fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        *errnum = errno;
+        return NULL;
+    }
+    struct spool_reader *r = xcalloc(1, sizeof(*r));
+    r->fd = fd;
+    r->start = r->pos = e->content_off;
+    r->total = e->size;
+    return r;
+}
+
+/* pread all of n bytes at off; false (errno set) on error or early EOF. */
+static bool pread_all(int fd, void *buf, size_t n, uint64_t off)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t k = pread(fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            if (k == 0)
+                errno = EIO;
+            return false;
+        }
+        p += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return true;
+}
+
+ssize_t spool_reader_read(struct spool_reader *r, void *buf, size_t n)
+{
+    if (r->done == r->total || n == 0)
+        return 0;
+    if (r->rec_left == 0) {
+        unsigned char h[SPOOL_REC_HDR];
+        if (!pread_all(r->fd, h, sizeof(h), r->pos))
+            return -1;
+        uint32_t len = (uint32_t)h[1] << 24 | (uint32_t)h[2] << 16 |
+                       (uint32_t)h[3] << 8 | h[4];
+        if (h[0] != SPOOL_REC_CONTENT || len == 0 || len > SPOOL_CHUNK_MAX ||
+            len > r->total - r->done) {
+            errno = EIO;
+            return -1;
+        }
+        r->pos += sizeof(h);
+        r->rec_left = len;
+    }
+    size_t k = n < r->rec_left ? n : r->rec_left;
+    if (!pread_all(r->fd, buf, k, r->pos))
+        return -1;
+    r->pos += k;
+    r->rec_left -= (uint32_t)k;
+    r->done += k;
+    return (ssize_t)k;
+}
+
+void spool_reader_rewind(struct spool_reader *r)
+{
+    r->pos = r->start;
+    r->done = 0;
+    r->rec_left = 0;
+}
+
+void spool_reader_close(struct spool_reader *r)
+{
+    if (r == NULL)
+        return;
+    close(r->fd);
+    free(r);
+}
+
 /* ---- results on the loop thread ---- */
 
 /* Index a durable message (or count a failure), free it, run its cb. */
@@ -492,8 +674,10 @@ static void finish_msg(struct spool *sp, struct spool_msg *m)
     int err = m->err;
     spool_commit_cb cb = m->cb;
     void *arg = m->arg;
+    struct spool_entry *e = NULL;
     if (err == 0) {
-        idx_insert(sp, m->entry);
+        e = m->entry;
+        idx_insert(sp, e);
         m->entry = NULL;
         sp->stats.commits++;
     } else {
@@ -502,6 +686,10 @@ static void finish_msg(struct spool *sp, struct spool_msg *m)
     msg_free(m);
     if (cb)
         cb(arg, mid, err);
+    /* The commit callback runs first: the 250 is on its way before the
+     * queue starts on the message. The queue only reads the entry. */
+    if (e && sp->notify)
+        sp->notify(sp->notify_arg, e);
 }
 
 /* Take the done list and finish its messages in commit order. */
@@ -642,6 +830,25 @@ static struct spool_entry *load_queued(struct recov *rc, const char *name)
     return e;
 }
 
+/* Cut a torn status record off the end of a file, so that records
+ * appended later follow the valid ones. */
+static bool cut_torn_status(struct recov *rc, const char *name,
+                            const struct spool_entry *e)
+{
+    struct stat st;
+    if (fstatat(rc->sp->queuefd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+        return recov_fail(rc, "stat in queue/", errno);
+    if ((uint64_t)st.st_size <= e->file_len)
+        return true;
+    int fd = openat(rc->sp->queuefd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return recov_fail(rc, "open in queue/", errno);
+    int r = ftruncate(fd, (off_t)e->file_len);
+    int err = errno;
+    close(fd);
+    return r == 0 ? true : recov_fail(rc, "truncate in queue/", err);
+}
+
 /* Index a valid committed file; move anything else to corrupt/. */
 static bool recover_queued(struct recov *rc, const char *name)
 {
@@ -650,6 +857,18 @@ static bool recover_queued(struct recov *rc, const char *name)
     struct spool_entry *e = load_queued(rc, name);
     if (e == NULL)
         return move_corrupt(rc, name);
+    if (!cut_torn_status(rc, name, e)) {
+        spool_entry_free(e);
+        return false;
+    }
+    if (e->ndone == e->nrcpt) {
+        /* Every recipient was done; the crash came before the unlink. */
+        spool_entry_free(e);
+        if (unlinkat(sp->queuefd, name, 0) != 0 && errno != ENOENT)
+            return recov_fail(rc, "unlink in queue/", errno);
+        rc->queue_changed = true;
+        return true;
+    }
     /* Appended unsorted; sorted once when the scan is done. */
     sp->idx = xgrow(sp->idx, &sp->idxcap, sp->nidx + 1, sizeof(*sp->idx));
     sp->idx[sp->nidx++] = e;

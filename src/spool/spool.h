@@ -19,6 +19,7 @@
 #include "core/util.h"
 
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 struct event_base;
@@ -43,6 +44,21 @@ struct spool_envelope {
     const char *const *rcpts; /* RID i is rcpts[i] */
 };
 
+/* A recipient's delivery state, kept in the message's file (status
+ * records after the end record, see docs/spool.md). */
+enum spool_rcpt_state {
+    SPOOL_RCPT_PENDING = 0,   /* still to be delivered (maybe retried) */
+    SPOOL_RCPT_DELIVERED = 1, /* the next hop accepted it */
+    SPOOL_RCPT_BOUNCED = 2,   /* hard bounce: a DSN was queued (or not due) */
+    SPOOL_RCPT_DELETED = 3,   /* removed by the admin, a route or a filter */
+};
+
+struct spool_rcpt {
+    uint8_t state;     /* enum spool_rcpt_state */
+    uint32_t attempts; /* delivery attempts that failed temporarily */
+    int64_t next_try;  /* wall-clock seconds; 0 = as soon as possible */
+};
+
 /* One committed message in the queue index. */
 struct spool_entry {
     uint64_t mid;
@@ -56,6 +72,10 @@ struct spool_entry {
     unsigned flags;
     size_t nrcpt;
     char **rcpts;
+    struct spool_rcpt *rstate; /* nrcpt states */
+    size_t ndone;              /* recipients in a final state */
+    uint64_t content_off;      /* file offset of the first content record */
+    uint64_t file_len;         /* bytes of the file that are valid */
 };
 
 struct spool_recovery {
@@ -113,5 +133,43 @@ void spool_foreach(const struct spool *sp,
                    bool (*fn)(void *arg, const struct spool_entry *e),
                    void *arg);
 void spool_get_stats(const struct spool *sp, struct spool_stats *st);
+
+/* Called on the loop thread for every message that became durable (after
+ * its commit callback), so the queue can pick it up. */
+void spool_set_notify(struct spool *sp,
+                      void (*fn)(void *arg, const struct spool_entry *e),
+                      void *arg);
+
+/* Record new states for some recipients of a message: one status record
+ * each, appended with a single write() and not flushed. A crash of the
+ * daemon keeps them (the page cache survives it); a crash of the machine
+ * may lose the last ones, and those recipients are then delivered once
+ * more (at least once, never zero). When every recipient is in a final
+ * state the message is removed from the spool and *removed is set; the
+ * entry is then freed. Returns 0 or an errno (the index is updated even
+ * when the write fails). */
+struct spool_rcpt_update {
+    uint32_t rid;
+    struct spool_rcpt st;
+};
+int spool_rcpt_update(struct spool *sp, uint64_t mid,
+                      const struct spool_rcpt_update *u, size_t n,
+                      bool *removed);
+/* Remove a message (its file and its index entry) whatever the state of
+ * its recipients. Returns 0 or an errno (ENOENT if not indexed). */
+int spool_remove(struct spool *sp, uint64_t mid);
+
+/* Read a committed message's content (the bytes as received, Received:
+ * header first). Reads are plain blocking reads of the spool file, which
+ * is normally in the page cache. */
+struct spool_reader;
+struct spool_reader *spool_reader_open(struct spool *sp, uint64_t mid,
+                                       int *errnum);
+/* Up to n bytes; 0 at the end of the content; -1 with errno (EIO when
+ * the file does not match its index entry). */
+ssize_t spool_reader_read(struct spool_reader *r, void *buf, size_t n);
+/* Back to the first content byte. */
+void spool_reader_rewind(struct spool_reader *r);
+void spool_reader_close(struct spool_reader *r);
 
 #endif

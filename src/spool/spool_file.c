@@ -95,6 +95,25 @@ void spool_put_end(unsigned char *p, uint64_t size, uint32_t crc)
     be32_put(p + SPOOL_REC_HDR + 8, crc);
 }
 
+void spool_put_status(unsigned char *p, uint32_t rid,
+                      const struct spool_rcpt *st)
+{
+    spool_put_rec_hdr(p, SPOOL_REC_STATUS, SPOOL_STATUS_LEN);
+    unsigned char *q = p + SPOOL_REC_HDR;
+    be32_put(q, rid);
+    q[4] = st->state;
+    be32_put(q + 5, st->attempts);
+    be64_put(q + 9, (uint64_t)st->next_try);
+    be32_put(q + 17, spool_crc32(0, p, SPOOL_REC_HDR + 17));
+}
+
+uint64_t spool_file_len(uint64_t content_off, uint64_t size)
+{
+    uint64_t recs = (size + SPOOL_CHUNK_MAX - 1) / SPOOL_CHUNK_MAX;
+    return content_off + size + recs * SPOOL_REC_HDR + SPOOL_REC_HDR +
+           SPOOL_END_LEN;
+}
+
 /* ---- envelope encoding ---- */
 
 /* Append a big-endian 32-bit value. */
@@ -257,7 +276,8 @@ static bool parse_envelope(const unsigned char *p, size_t len,
 
 struct reader {
     int fd;
-    uint64_t left; /* bytes of the file (by fstat) not consumed yet */
+    uint64_t size; /* the file's size by fstat */
+    uint64_t left; /* bytes of the file not consumed yet */
     uint32_t crc;  /* over every byte consumed with crc = true */
     size_t pos, len;
     unsigned char buf[READ_BUF];
@@ -365,10 +385,47 @@ static bool rd_end(struct reader *r, uint32_t len, uint64_t size,
         return fail(why, "content length mismatch");
     if (be32_get(p + 8) != crc)
         return fail(why, "CRC mismatch");
-    if (r->left != 0)
-        return fail(why, "bytes after end record");
     e->size = size;
     return true;
+}
+
+/* Apply one status record's payload (CRC already checked). */
+static void apply_status(struct spool_entry *e, const unsigned char *q)
+{
+    uint32_t rid = be32_get(q);
+    uint8_t state = q[4];
+    if (rid >= e->nrcpt || state > SPOOL_RCPT_DELETED)
+        return; /* from a newer version, or meaningless: ignore it */
+    struct spool_rcpt *st = &e->rstate[rid];
+    bool was_done = st->state != SPOOL_RCPT_PENDING;
+    if (was_done)
+        return; /* a final state is final */
+    st->state = state;
+    st->attempts = be32_get(q + 5);
+    st->next_try = (int64_t)be64_get(q + 9);
+    if (state != SPOOL_RCPT_PENDING)
+        e->ndone++;
+}
+
+/* Read the status records after the end record. They are appended
+ * without a flush, so the file may end in a torn one: the records up to
+ * the first bad one count, and e->file_len says where they end (the
+ * rest is cut off by recovery before anything is appended). */
+static void rd_status(struct reader *r, struct spool_entry *e)
+{
+    unsigned char rec[SPOOL_REC_HDR + SPOOL_STATUS_LEN];
+    e->file_len = r->size - r->left;
+    while (r->left >= sizeof(rec)) {
+        if (!rd_take(r, rec, sizeof(rec), false))
+            return;
+        if (rec[0] != SPOOL_REC_STATUS ||
+            be32_get(rec + 1) != SPOOL_STATUS_LEN ||
+            be32_get(rec + SPOOL_REC_HDR + 17) !=
+                spool_crc32(0, rec, SPOOL_REC_HDR + 17))
+            return;
+        apply_status(e, rec + SPOOL_REC_HDR);
+        e->file_len = r->size - r->left;
+    }
 }
 
 /* Read content records up to and including the end record. */
@@ -401,11 +458,17 @@ bool spool_file_load(int fd, struct spool_entry *e, const char **why)
         return fail(why, "not a regular file");
     struct reader *r = xmalloc(sizeof(*r));
     r->fd = fd;
-    r->left = (uint64_t)st.st_size;
+    r->size = r->left = (uint64_t)st.st_size;
     r->crc = 0;
     r->pos = r->len = 0;
-    bool ok =
-        rd_magic(r, why) && rd_envelope(r, e, why) && rd_content(r, e, why);
+    bool ok = rd_magic(r, why) && rd_envelope(r, e, why);
+    if (ok) {
+        e->content_off = r->size - r->left;
+        e->rstate = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(*e->rstate));
+        ok = rd_content(r, e, why);
+    }
+    if (ok)
+        rd_status(r, e);
     free(r);
     if (!ok)
         spool_entry_clear(e);
@@ -426,6 +489,7 @@ struct spool_entry *spool_entry_from_env(const struct spool_envelope *env)
     e->mail_from = xstrdup(env->mail_from ? env->mail_from : "");
     e->flags = env->flags;
     e->rcpts = xcalloc(env->nrcpt ? env->nrcpt : 1, sizeof(*e->rcpts));
+    e->rstate = xcalloc(env->nrcpt ? env->nrcpt : 1, sizeof(*e->rstate));
     for (size_t i = 0; i < env->nrcpt; i++)
         e->rcpts[i] = xstrdup(env->rcpts[i] ? env->rcpts[i] : "");
     e->nrcpt = env->nrcpt;
@@ -441,6 +505,7 @@ void spool_entry_clear(struct spool_entry *e)
     for (size_t i = 0; i < e->nrcpt; i++)
         free(e->rcpts[i]);
     free(e->rcpts);
+    free(e->rstate);
     memset(e, 0, sizeof(*e));
 }
 

@@ -27,7 +27,12 @@ enum spool_rec {
     SPOOL_REC_ENVELOPE = 'E',
     SPOOL_REC_CONTENT = 'C',
     SPOOL_REC_END = 'Z',
+    SPOOL_REC_STATUS = 'S',
 };
+
+/* A status record's payload: rid (4), state (1), attempts (4), next_try
+ * (8), then a CRC-32 (4) of the record header and those 17 bytes. */
+#define SPOOL_STATUS_LEN 21
 
 /* CRC-32 (IEEE 802.3, reflected); chain calls starting from crc = 0. */
 uint32_t spool_crc32(uint32_t crc, const void *data, size_t len);
@@ -46,6 +51,13 @@ bool spool_file_start(struct buf *out, const struct spool_envelope *env);
  * return false with a static reason in *why. Never reads more than the
  * file's size and never allocates more than the format's limits. */
 bool spool_file_load(int fd, struct spool_entry *e, const char **why);
+
+/* Encode one status record (SPOOL_REC_HDR + SPOOL_STATUS_LEN bytes). */
+void spool_put_status(unsigned char *p, uint32_t rid,
+                      const struct spool_rcpt *st);
+/* Bytes a file takes for an envelope record ending at content_off and
+ * `size` content bytes, with the end record (the writer's layout). */
+uint64_t spool_file_len(uint64_t content_off, uint64_t size);
 
 /* Copy an envelope into a newly allocated index entry (size 0). */
 struct spool_entry *spool_entry_from_env(const struct spool_envelope *env);

@@ -9,6 +9,7 @@
 #include "core/util.h"
 
 #include "spool/spool.h"
+#include "spool/spool_file.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -681,7 +682,7 @@ static void mutate(struct fx *fx, uint64_t mid,
     size_t len;
     mid_path(fx, "queue", mid, path, sizeof(path));
     unsigned char *p = slurp(path, &len);
-    unsigned char *q = xmalloc(len + 16);
+    unsigned char *q = xmalloc(len + 64);
     memcpy(q, p, len);
     len = fn(q, len, arg);
     spit(path, q, len);
@@ -704,28 +705,144 @@ static size_t flip_bit(unsigned char *p, size_t len, size_t arg)
     return len;
 }
 
-static size_t append_byte(unsigned char *p, size_t len, size_t arg)
-{
-    p[len] = (unsigned char)arg;
-    return len + 1;
-}
-
-/* Case: a small file cut at every length 0..size-1, or one byte longer. */
+/* Case: a small file cut at every length 0..size-1. (Bytes after the end
+ * record are a torn status record, see test_status_torn.) */
 static void test_corrupt_truncations(void **state)
 {
     struct fx *fx = *state;
     enum { N = 600 };
     char path[PATH_MAX];
     size_t size = make_copies(fx, N, 300);
-    assert_true(size + 1 <= N);
+    assert_true(size <= N);
     for (uint64_t mid = 1; mid <= size; mid++)
         mutate(fx, mid, cut_at, mid - 1);
-    mutate(fx, size + 1, append_byte, 0);
-    for (uint64_t mid = size + 2; mid <= N; mid++) {
+    for (uint64_t mid = size + 1; mid <= N; mid++) {
         mid_path(fx, "queue", mid, path, sizeof(path));
         assert_int_equal(unlink(path), 0);
     }
-    expect_all_corrupt(fx, size + 1);
+    expect_all_corrupt(fx, size);
+}
+
+/* Case: recipient states are appended, survive a reopen, and the message
+ * goes when its last recipient is done. */
+static void test_status_records(void **state)
+{
+    struct fx *fx = *state;
+    char path[PATH_MAX];
+    bool removed = true;
+    assert_int_equal(commit_one(fx, 4, 1000), 0);
+    struct spool_rcpt_update u[2] = {
+        {0, {SPOOL_RCPT_DELIVERED, 0, 0}},
+        {1, {SPOOL_RCPT_PENDING, 2, 1234567}},
+    };
+    assert_int_equal(spool_rcpt_update(fx->sp, 4, u, 2, &removed), 0);
+    assert_false(removed);
+    assert_int_equal(spool_rcpt_update(fx->sp, 99, u, 1, &removed), ENOENT);
+    /* A final state is final: a later "pending" for RID 0 is ignored. */
+    u[0].st.state = SPOOL_RCPT_PENDING;
+    assert_int_equal(spool_rcpt_update(fx->sp, 4, u, 1, &removed), 0);
+    fx_reopen(fx);
+    const struct spool_entry *e = spool_find(fx->sp, 4);
+    assert_non_null(e);
+    assert_int_equal(e->ndone, 1);
+    assert_int_equal(e->rstate[0].state, SPOOL_RCPT_DELIVERED);
+    assert_int_equal(e->rstate[1].state, SPOOL_RCPT_PENDING);
+    assert_int_equal(e->rstate[1].attempts, 2);
+    assert_int_equal(e->rstate[1].next_try, 1234567);
+    assert_int_equal(e->rstate[2].state, SPOOL_RCPT_PENDING);
+    struct spool_rcpt_update last[2] = {
+        {1, {SPOOL_RCPT_BOUNCED, 3, 0}},
+        {2, {SPOOL_RCPT_DELETED, 0, 0}},
+    };
+    assert_int_equal(spool_rcpt_update(fx->sp, 4, last, 2, &removed), 0);
+    assert_true(removed);
+    assert_null(spool_find(fx->sp, 4));
+    mid_path(fx, "queue", 4, path, sizeof(path));
+    assert_false(exists(path));
+}
+
+/* Append a status record for rid with the given state to a file. */
+static size_t add_status(unsigned char *p, size_t len, size_t rid_state)
+{
+    struct spool_rcpt st = {(uint8_t)(rid_state & 0xff), 1, 0};
+    spool_put_status(p + len, (uint32_t)(rid_state >> 8), &st);
+    return len + SPOOL_REC_HDR + SPOOL_STATUS_LEN;
+}
+
+/* Case: a torn status record at the end (any cut of one) is ignored and
+ * cut off; a file whose recipients are all done is removed on open. */
+static void test_status_torn(void **state)
+{
+    struct fx *fx = *state;
+    enum { REC = SPOOL_REC_HDR + SPOOL_STATUS_LEN };
+    char path[PATH_MAX];
+    size_t size = make_copies(fx, REC + 1, 300);
+    for (uint64_t mid = 1; mid <= REC; mid++) {
+        mid_path(fx, "queue", mid, path, sizeof(path));
+        mutate(fx, mid, add_status, SPOOL_RCPT_DELIVERED); /* RID 0 */
+        mutate(fx, mid, add_status, 1u << 8 | SPOOL_RCPT_DELIVERED);
+        mutate(fx, mid, cut_at, size + REC + mid - 1);     /* torn 2nd */
+    }
+    /* MID REC+1: all three recipients done, not yet unlinked. */
+    for (size_t rid = 0; rid < 3; rid++)
+        mutate(fx, REC + 1, add_status, rid << 8 | SPOOL_RCPT_BOUNCED);
+    fx_open(fx);
+    assert_int_equal(fx->rec.corrupt, 0);
+    assert_int_equal(spool_count(fx->sp), REC);
+    for (uint64_t mid = 1; mid <= REC; mid++) {
+        const struct spool_entry *e = spool_find(fx->sp, mid);
+        assert_non_null(e);
+        assert_int_equal(e->ndone, 1);
+        assert_int_equal(e->rstate[1].state, SPOOL_RCPT_PENDING);
+        struct stat st;
+        mid_path(fx, "queue", mid, path, sizeof(path));
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal((size_t)st.st_size, size + REC);
+    }
+    mid_path(fx, "queue", REC + 1, path, sizeof(path));
+    assert_false(exists(path));
+    /* Appending after the cut gives a file that reads back right. */
+    struct spool_rcpt_update u = {2, {SPOOL_RCPT_PENDING, 7, 42}};
+    bool removed;
+    assert_int_equal(spool_rcpt_update(fx->sp, 3, &u, 1, &removed), 0);
+    fx_reopen(fx);
+    const struct spool_entry *e = spool_find(fx->sp, 3);
+    assert_int_equal(e->rstate[2].attempts, 7);
+    assert_int_equal(e->rstate[0].state, SPOOL_RCPT_DELIVERED);
+}
+
+/* Case: the reader returns the content byte for byte, for sizes around
+ * the record boundaries, whatever the read sizes; rewind restarts. */
+static void test_reader(void **state)
+{
+    struct fx *fx = *state;
+    const size_t sizes[] = {1, 300, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7};
+    const size_t reads[] = {1, 7, 4096, CHUNK + 100};
+    for (size_t i = 0; i < ARRAY_LEN(sizes); i++)
+        assert_int_equal(commit_one(fx, 10 + i, sizes[i]), 0);
+    unsigned char *buf = xmalloc(CHUNK + 100);
+    for (size_t i = 0; i < ARRAY_LEN(sizes); i++) {
+        int e = 0;
+        struct spool_reader *r = spool_reader_open(fx->sp, 10 + i, &e);
+        assert_non_null(r);
+        for (size_t j = 0; j < ARRAY_LEN(reads); j++) {
+            size_t got = 0;
+            ssize_t n;
+            while ((n = spool_reader_read(r, buf, reads[j])) > 0) {
+                for (ssize_t k = 0; k < n; k++)
+                    assert_int_equal(buf[k], pattern(10 + i, got + (size_t)k));
+                got += (size_t)n;
+            }
+            assert_int_equal(n, 0);
+            assert_int_equal(got, sizes[i]);
+            spool_reader_rewind(r);
+        }
+        spool_reader_close(r);
+    }
+    free(buf);
+    int e = 0;
+    assert_null(spool_reader_open(fx->sp, 999, &e));
+    assert_int_equal(e, ENOENT);
 }
 
 /* Case: a small file with one bit flipped, at every byte position. */
@@ -992,6 +1109,9 @@ int main(void)
         CASE(test_reopen_odd_envelope),
         CASE(test_incoming_discarded),
         CASE(test_corrupt_truncations),
+        CASE(test_status_records),
+        CASE(test_status_torn),
+        CASE(test_reader),
         CASE(test_corrupt_flips),
         CASE(test_corrupt_boundaries),
         CASE(test_recovery_names),
