@@ -160,6 +160,24 @@ static const struct conf_key top_keys[] = {
     {.name = "rat",
      .type = KT_SECTION,
      .help = "rat \"LISTENER\" { ... }: recipient access table"},
+    {.name = "delivery",
+     .type = KT_BLOCK,
+     .aux = &conf_table_delivery,
+     .help = "how the SMTP client delivers mail"},
+    {.name = "resolver",
+     .type = KT_BLOCK,
+     .aux = &conf_table_resolver,
+     .help = "how MX and address lookups are made"},
+    {.name = "smtp_route",
+     .type = KT_SECTION,
+     .help = "smtp_route \"DOMAIN\" { hosts = [...]; }: where a domain's "
+             "mail goes instead of its MX hosts"},
+    {.name = "destination",
+     .type = KT_SECTION,
+     .help = "destination \"DOMAIN\" { ... }: destination controls"},
+    {.name = "bounce_profile",
+     .type = KT_SECTION,
+     .help = "bounce_profile \"NAME\" { ... }: retries and bounces"},
 };
 
 const struct conf_table conf_table_top = {"top level", top_keys,
@@ -287,8 +305,9 @@ const struct conf_table conf_table_rat_row = {"rat row", rat_row_keys,
 const struct conf_table *const *conf_key_tables(size_t *count)
 {
     static const struct conf_table *const all[] = {
-        &conf_table_top, &mail_log_table, &conf_table_listener,
-        &conf_table_rat_row};
+        &conf_table_top,      &mail_log_table,      &conf_table_listener,
+        &conf_table_rat_row,  &conf_table_delivery, &conf_table_resolver,
+        &conf_table_route,    &conf_table_dest,     &conf_table_profile};
     *count = ARRAY_LEN(all);
     return all;
 }
@@ -401,6 +420,7 @@ static void conf_free(struct moat_conf *c)
     for (size_t i = 0; i < c->listener_count; i++)
         conf_listener_clear(&c->listeners[i]);
     free(c->listeners);
+    conf_delivery_clear(c);
     free(c->path);
     free(c->hostname);
     free(c->user);
@@ -424,6 +444,7 @@ static struct moat_conf *validate(const struct conf_tree *t,
     if (c->hostname == NULL)
         default_hostname(&v);
     conf_sections_build(&v);
+    conf_delivery_build(&v);
     if (d->count == 0)
         return c;
     conf_free(c);

@@ -45,6 +45,81 @@ struct conf_listener {
     unsigned line;
 };
 
+/* SMTP routes: where mail for a domain goes instead of its MX hosts. */
+enum route_kind {
+    ROUTE_HOSTS,   /* the listed hosts, lowest priority first */
+    ROUTE_USEDNS,  /* MX lookup as if there were no route */
+    ROUTE_DEVNULL, /* drop: nothing is delivered */
+};
+
+struct conf_route_host {
+    char *host;    /* host name or IP address (no brackets) */
+    bool is_ip;
+    uint16_t port; /* default 25 */
+    unsigned pri;  /* 0 (most preferred) to 65535 */
+};
+
+struct conf_route {
+    char *domain;  /* "example.com", ".example.com" or "ALL" */
+    enum route_kind kind;
+    size_t nhosts;
+    struct conf_route_host *hosts;
+};
+
+enum ip_preference {
+    IPPREF_V6_PREFERRED,
+    IPPREF_V6_ONLY,
+    IPPREF_V4_PREFERRED,
+    IPPREF_V4_ONLY,
+};
+
+/* Destination controls: one row per domain / .subdomain, and "Default". */
+struct conf_dest {
+    char *domain;
+    unsigned concurrency;             /* connections at once, 1-1000 */
+    unsigned messages_per_connection; /* 1-1000 */
+    int ip_preference;                /* enum ip_preference */
+    char *bounce_profile;             /* name of a bounce_profile */
+};
+
+/* Bounce profiles (the appliance's bounceconfig). */
+struct conf_bounce_profile {
+    char *name;
+    unsigned max_retries;        /* temporary failures before bouncing */
+    unsigned max_queue_lifetime; /* seconds in the queue before bouncing */
+    unsigned initial_retry;      /* seconds before the first retry */
+    unsigned max_retry_timeout;  /* cap on the growing retry interval */
+    bool send_bounces;           /* DSN for hard bounces */
+    uint64_t max_bounce_copy;    /* bytes of the original in a DSN */
+    char *bounce_subject;
+};
+
+struct conf_stub_zone {
+    char *zone;   /* "." for the root */
+    size_t naddrs;
+    char **addrs; /* "IP" or "IP@port" */
+};
+
+struct conf_resolver {
+    char *resolv_conf;  /* system resolver file; "" for none */
+    size_t nforwarders;
+    char **forwarders;  /* "IP" or "IP@port" */
+    size_t nstubs;
+    struct conf_stub_zone *stubs;
+    unsigned timeout;   /* seconds before a query counts as failed */
+};
+
+/* The SMTP client's settings. */
+struct conf_delivery {
+    char *helo;                 /* EHLO name (default: hostname) */
+    unsigned connect_timeout;   /* TCP connect, per address */
+    unsigned greeting_timeout;  /* 220 greeting */
+    unsigned command_timeout;   /* EHLO, MAIL, RCPT, DATA, RSET replies */
+    unsigned data_timeout;      /* each block of content written */
+    unsigned data_done_timeout; /* reply after the final dot */
+    unsigned max_rcpts_per_txn; /* recipients per transaction */
+};
+
 struct moat_conf {
     char *path;            /* file it was read from ("(built-in)" if none) */
     char *hostname;        /* gateway host name (default: system's) */
@@ -58,6 +133,14 @@ struct moat_conf {
     unsigned shutdown_timeout; /* seconds SIGTERM waits for sessions */
     size_t listener_count;
     struct conf_listener *listeners;
+    struct conf_delivery delivery;
+    struct conf_resolver resolver;
+    size_t route_count;
+    struct conf_route *routes;        /* in file order */
+    size_t dest_count;
+    struct conf_dest *dests;          /* "Default" always present, first */
+    size_t profile_count;
+    struct conf_bounce_profile *profiles; /* "Default" always present, first */
     int refcount;
 };
 
@@ -85,5 +168,16 @@ void conf_errors_print(const struct conf_errors *errs, FILE *f);
 
 const struct conf_listener *conf_listener_find(const struct moat_conf *c,
                                                const char *name);
+/* The SMTP route for a (lower-case) domain: an exact entry, else the
+ * closest ".parent" entry, else "ALL"; NULL when none applies. */
+const struct conf_route *conf_route_find(const struct moat_conf *c,
+                                         const char *domain);
+/* The destination-controls row for a domain (exact, closest ".parent",
+ * else "Default"; never NULL). */
+const struct conf_dest *conf_dest_find(const struct moat_conf *c,
+                                       const char *domain);
+/* A bounce profile by name ("Default" always exists); NULL if unknown. */
+const struct conf_bounce_profile *
+conf_profile_find(const struct moat_conf *c, const char *name);
 
 #endif

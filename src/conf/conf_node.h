@@ -172,6 +172,11 @@ struct conf_table {
 extern const struct conf_table conf_table_top;
 extern const struct conf_table conf_table_listener;
 extern const struct conf_table conf_table_rat_row;
+extern const struct conf_table conf_table_delivery;
+extern const struct conf_table conf_table_resolver;
+extern const struct conf_table conf_table_route;
+extern const struct conf_table conf_table_dest;
+extern const struct conf_table conf_table_profile;
 
 /* Every table, for documentation and tests. */
 const struct conf_table *const *conf_key_tables(size_t *count);
@@ -216,5 +221,10 @@ const char *conf_suggest(const char *s, const char *const *names, size_t count);
 /* The listener and rat blocks of the top level (conf_listener.c). */
 void conf_sections_build(struct vctx *v);
 void conf_listener_clear(struct conf_listener *l);
+
+/* The delivery, resolver, smtp_route, destination and bounce_profile
+ * blocks (conf_delivery.c). */
+void conf_delivery_build(struct vctx *v);
+void conf_delivery_clear(struct moat_conf *c);
 
 #endif

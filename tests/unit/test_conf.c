@@ -949,6 +949,116 @@ static void test_example_file(void **state)
     conf_unref(c);
 }
 
+/* Delivery side: routes, destinations, bounce profiles, resolver. */
+static void test_delivery_blocks(void **state)
+{
+    (void)state;
+    struct moat_conf *c = expect_ok(
+        "delivery",
+        LIS_IN "delivery { helo = \"out.example.net\"; connect_timeout = 5s; }\n"
+        "resolver { resolv_conf = \"\"; forwarders = [ \"192.0.2.1\" ];\n"
+        "  stub_zones = { \".\" = [ \"127.0.0.1@5353\" ]; "
+        "\"Corp.Example\" = [ \"::1@53\", \"10.0.0.1\" ]; } }\n"
+        "smtp_route \"Example.COM\" { hosts = [ \"mx1.example.net\", "
+        "\"10.1.1.2:2525/pri=10\", \"[2001:db8::1]:26\", \"2001:db8::2\" ]; }\n"
+        "smtp_route \".example.com\" { hosts = [ \"USEDNS\" ]; }\n"
+        "smtp_route \".b.example.com\" { hosts = [ \"/dev/null\" ]; }\n"
+        "smtp_route \"ALL\" { hosts = [ \"smart.example.net:587\" ]; }\n"
+        "bounce_profile \"Fast\" { max_retries = 2; initial_retry = 1s; "
+        "max_retry_timeout = 2s; }\n"
+        "bounce_profile \"Default\" { max_queue_lifetime = 1d; }\n"
+        "destination \"example.org\" { concurrency = 10; bounce_profile = "
+        "\"Fast\"; ip_preference = ipv4_only; }\n"
+        "destination \".example.org\" { messages_per_connection = 7; }\n");
+    assert_string_equal(c->delivery.helo, "out.example.net");
+    assert_int_equal(c->delivery.connect_timeout, 5);
+    assert_int_equal(c->delivery.max_rcpts_per_txn, 100);
+    assert_string_equal(c->resolver.resolv_conf, "");
+    assert_int_equal(c->resolver.nforwarders, 1);
+    assert_int_equal(c->resolver.nstubs, 2);
+    assert_string_equal(c->resolver.stubs[1].zone, "corp.example");
+    assert_int_equal(c->resolver.stubs[1].naddrs, 2);
+    const struct conf_route *r = conf_route_find(c, "example.com");
+    assert_non_null(r);
+    assert_int_equal(r->kind, ROUTE_HOSTS);
+    assert_int_equal(r->nhosts, 4);
+    assert_string_equal(r->hosts[0].host, "mx1.example.net");
+    assert_false(r->hosts[0].is_ip);
+    assert_int_equal(r->hosts[0].port, 25);
+    assert_int_equal(r->hosts[1].port, 2525);
+    assert_int_equal(r->hosts[1].pri, 10);
+    assert_string_equal(r->hosts[2].host, "2001:db8::1");
+    assert_int_equal(r->hosts[2].port, 26);
+    assert_string_equal(r->hosts[3].host, "2001:db8::2");
+    assert_int_equal(r->hosts[3].port, 25);
+    assert_int_equal(conf_route_find(c, "a.example.com")->kind, ROUTE_USEDNS);
+    assert_int_equal(conf_route_find(c, "x.b.example.com")->kind, ROUTE_DEVNULL);
+    assert_string_equal(conf_route_find(c, "other.net")->domain, "ALL");
+    const struct conf_dest *d = conf_dest_find(c, "EXAMPLE.org");
+    assert_int_equal(d->concurrency, 10);
+    assert_int_equal(d->ip_preference, IPPREF_V4_ONLY);
+    assert_int_equal(conf_profile_find(c, d->bounce_profile)->max_retries, 2);
+    d = conf_dest_find(c, "a.example.org");
+    assert_int_equal(d->messages_per_connection, 7);
+    assert_int_equal(d->concurrency, 500);
+    d = conf_dest_find(c, "example.net");
+    assert_string_equal(d->domain, "Default");
+    assert_int_equal(d->concurrency, 500);
+    assert_int_equal(d->messages_per_connection, 50);
+    const struct conf_bounce_profile *p = conf_profile_find(c, "Default");
+    assert_int_equal(p->max_queue_lifetime, 86400);
+    assert_int_equal(p->max_retries, 100);
+    assert_int_equal(p->initial_retry, 60);
+    assert_int_equal(p->max_retry_timeout, 3600);
+    assert_int_equal(p->max_bounce_copy, 10240);
+    conf_unref(c);
+
+    c = expect_ok("no routes", LIS_IN);
+    assert_null(conf_route_find(c, "example.com"));
+    assert_string_equal(c->delivery.helo, c->hostname);
+    conf_unref(c);
+
+    static const struct {
+        const char *label, *text, *want;
+    } bad[] = {
+        {"usedns not alone", "smtp_route \"a.com\" { hosts = [ \"USEDNS\", "
+         "\"b.com\" ]; }", "must be the route's only destination"},
+        {"bad port", "smtp_route \"a.com\" { hosts = [ \"b.com:0\" ]; }",
+         "bad port"},
+        {"bad pri", "smtp_route \"a.com\" { hosts = [ \"b.com/pri=70000\" ]; }",
+         "bad priority"},
+        {"bad host", "smtp_route \"a.com\" { hosts = [ \"b_c.com\" ]; }",
+         "not a host name"},
+        {"bad v6", "smtp_route \"a.com\" { hosts = [ \"[zz::1]:25\" ]; }",
+         "bad IPv6"},
+        {"no hosts", "smtp_route \"a.com\" { }", "missing required key 'hosts'"},
+        {"empty hosts", "smtp_route \"a.com\" { hosts = [ ]; }", "non-empty"},
+        {"route key", "smtp_route \"a..com\" { hosts = [ \"b.com\" ]; }",
+         "not a valid host name"},
+        {"route twice", "smtp_route \"a.com\" { hosts = [ \"b.com\" ]; }\n"
+         "smtp_route \"A.com\" { hosts = [ \"c.com\" ]; }", "defined twice"},
+        {"dangling profile", "destination \"a.com\" { bounce_profile = "
+         "\"Nope\"; }", "no bounce_profile \"Nope\""},
+        {"dest twice", "destination \"a.com\" { }\ndestination \"a.com\" { }",
+         "defined twice"},
+        {"concurrency 1001", "destination \"a.com\" { concurrency = 1001; }",
+         "out of range"},
+        {"retry order", "bounce_profile \"X\" { initial_retry = 2h; }",
+         "longer than max_retry_timeout"},
+        {"stub addr", "resolver { stub_zones = { \".\" = [ \"localhost\" ]; } }",
+         "not an IP address"},
+        {"fwd port", "resolver { forwarders = [ \"127.0.0.1@99999\" ]; }",
+         "bad port"},
+        {"resolver key", "resolver { forwarder = [ \"127.0.0.1\" ]; }",
+         "did you mean 'forwarders'"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        char *t = xasprintf(LIS_IN "%s\n", bad[i].text);
+        expect_error(bad[i].label, t, bad[i].want);
+        free(t);
+    }
+}
+
 /* docs/configuration.md names every key (as `name`) and its default. */
 static void test_docs_name_every_key(void **state)
 {
@@ -996,6 +1106,7 @@ int main(void)
         cmocka_unit_test(test_default_text),
         cmocka_unit_test(test_example_file),
         cmocka_unit_test(test_docs_name_every_key),
+        cmocka_unit_test(test_delivery_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
