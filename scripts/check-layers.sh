@@ -2,13 +2,14 @@
 # Fail if a module includes a header from a layer above it (see
 # docs/internals/invariants.md, rule 7). Ranks: core 0; policy 1 (table
 # types and their matchers); conf 2 (fills them from the file); spool 2;
-# smtp/admin 3. moatd.c and moatctl.c may include anything.
+# smtp/admin/delivery 3; queue 4 (drives spool and delivery). moatd.c and
+# moatctl.c may include anything.
 set -eu
 cd "$(dirname "$0")/.."
 rank() {
   case "$1" in
     core) echo 0 ;; policy) echo 1 ;; conf|spool) echo 2 ;;
-    smtp|admin) echo 3 ;; *) echo 9 ;;
+    smtp|admin|delivery) echo 3 ;; queue) echo 4 ;; *) echo 9 ;;
   esac
 }
 bad=0
