@@ -9,8 +9,10 @@ mode=${1:-run}
 # Build and run.
 pkgs="build-essential pkg-config meson ninja-build libevent-dev libssl-dev
       libunbound-dev libpcre2-dev libsqlite3-dev libjansson-dev"
-# Tests: unit framework, Python test runner, real SMTP peers.
-test_pkgs="libcmocka-dev python3 python3-pytest swaks postfix"
+# Tests: unit framework, Python test runner, real SMTP peers, a DNS server
+# (knotd) and its tools (kdig, knotc) for the loopback DNS fixture.
+test_pkgs="libcmocka-dev python3 python3-pytest swaks postfix
+           knot knot-dnsutils"
 # Benchmarks: Postfix's smtp-source/smtp-sink come with postfix.
 bench_pkgs="postfix procps"
 
