@@ -27,11 +27,41 @@ static const struct command commands[] = {
     {"status", "",
      "Show uptime, configuration, counters (connections, messages and "
      "recipients received, rejected recipients, aborted transactions, "
-     "spool flushes) and gauges (open sessions, messages and kilobytes in "
-     "the spool, the last MID and ICID issued)."},
+     "delivered, soft bounced, hard bounced and deleted recipients, "
+     "bounce messages generated, spool flushes) and gauges (open inbound "
+     "and outbound connections, active recipients, destinations, messages "
+     "and kilobytes in the spool, the last MID, ICID and DCID issued)."},
     {"queue list", "",
-     "List the messages held in the spool: MID, size in bytes, time "
-     "received, number of recipients and envelope sender."},
+     "List the messages in the queue: MID, size in bytes, time received, "
+     "number of recipients still to be delivered and envelope sender."},
+    {"queue show", "MID",
+     "Show one message: its envelope, and for each recipient whether it is "
+     "delivered, bounced, deleted or pending; for a pending one, whether it "
+     "is being delivered, ready, or waiting to be retried (and when), how "
+     "many attempts failed and the last error."},
+    {"queue flush", "[DOMAIN]",
+     "Retry now every recipient waiting for a retry (only those for DOMAIN "
+     "when given), as the appliance's delivernow does. Retry counts are "
+     "kept."},
+    {"queue delete", "MID",
+     "Delete a message's pending recipients without delivering or bouncing "
+     "them (logged as Deleted). A delivery in progress finishes; recipients "
+     "it does not deliver are deleted."},
+    {"queue bounce", "MID",
+     "Hard bounce a message's pending recipients now: the sender gets a "
+     "delivery status notification (5.3.0, bounced by administrator)."},
+    {"queue retry", "MID",
+     "Retry one message's waiting recipients now."},
+    {"tophosts", "[active|connections|delivered|hard|soft]",
+     "List destination domains ranked by active recipients (the default), "
+     "current outbound connections, delivered recipients, hard bounced "
+     "recipients or soft bounce events, with all five columns, as the "
+     "appliance's tophosts does. Counters are since moatd started."},
+    {"hoststatus", "DOMAIN",
+     "Show one destination: up/down, soft and hard bounce and delivery "
+     "counters, active recipients and how many wait for a retry, current "
+     "connections, last activity, next retry, the last error, and the "
+     "destination controls, bounce profile and SMTP route that apply."},
     {"configtest", "",
      "Ask moatd to read and validate its configuration file without "
      "applying it. Errors are printed as file:line:column: reason."},

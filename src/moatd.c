@@ -14,6 +14,7 @@
 #include "core/buf.h"
 #include "core/ids.h"
 #include "core/mlog.h"
+#include "queue/queue.h"
 #include "smtp/smtp.h"
 #include "spool/spool.h"
 
@@ -39,6 +40,7 @@ struct daemon {
     struct smtp_server *smtp;
     struct spool *spool;
     struct ids *ids;
+    struct queue *queue;
     struct control *control;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
     struct event *drain_timer;
@@ -181,12 +183,31 @@ static bool ctl_status(void *arg, const char *args, struct buf *out)
                (unsigned long long)st.rejected_rcpts);
     buf_printf(out, "  Aborted Transactions         %llu\n",
                (unsigned long long)st.aborted);
+    struct queue_stats qs;
+    queue_get_stats(d->queue, &qs);
+    buf_printf(out, "  Delivered Recipients         %llu\n",
+               (unsigned long long)qs.delivered);
+    buf_printf(out, "  Soft Bounced Events          %llu\n",
+               (unsigned long long)qs.soft_bounced);
+    buf_printf(out, "  Hard Bounced Recipients      %llu\n",
+               (unsigned long long)qs.hard_bounced);
+    buf_printf(out, "    DNS Hard Bounces           %llu\n",
+               (unsigned long long)qs.dns_bounced);
+    buf_printf(out, "    Expired Hard Bounces       %llu\n",
+               (unsigned long long)qs.expired);
+    buf_printf(out, "  Deleted Recipients           %llu\n",
+               (unsigned long long)qs.deleted);
+    buf_printf(out, "  Gen. Bounce Messages         %llu\n",
+               (unsigned long long)qs.bounces_sent);
     buf_printf(out, "  Spool Flushes                %llu (largest group %zu)\n",
                (unsigned long long)ss.batches, ss.max_batch);
     buf_printf(out, "  Spool Commit Failures        %llu\n",
                (unsigned long long)ss.failures);
     buf_printf(out, "Gauges:                        Current\n");
     buf_printf(out, "  Current Inbound Conn.        %zu\n", st.sessions);
+    buf_printf(out, "  Current Outbound Conn.       %zu\n", qs.conns_out);
+    buf_printf(out, "  Active Recipients            %zu\n", qs.active_rcpts);
+    buf_printf(out, "  Destinations In Memory       %zu\n", qs.destinations);
     buf_printf(out, "  Messages In Spool            %zu\n",
                spool_count(d->spool));
     buf_printf(out, "  Kilobytes In Spool           %llu\n",
@@ -195,34 +216,25 @@ static bool ctl_status(void *arg, const char *args, struct buf *out)
                (unsigned long long)ids_last(d->ids, ID_MID));
     buf_printf(out, "  Injection Conn. ID (ICID)    %llu\n",
                (unsigned long long)ids_last(d->ids, ID_ICID));
+    buf_printf(out, "  Delivery Conn. ID (DCID)     %llu\n",
+               (unsigned long long)ids_last(d->ids, ID_DCID));
     return true;
 }
 
-/* One line of `queue list`. */
-static bool queue_line(void *arg, const struct spool_entry *e)
-{
-    struct buf *out = arg;
-    char when[64];
-    fmt_time(when, sizeof(when), (time_t)e->received);
-    buf_printf(out, "%-10llu %10llu  %s  %5zu  <",
-               (unsigned long long)e->mid, (unsigned long long)e->size, when,
-               e->nrcpt);
-    buf_put_escaped(out, e->mail_from, strlen(e->mail_from), 0);
-    buf_puts(out, ">\n");
-    return true;
-}
-
-static bool ctl_queue_list(void *arg, const char *args, struct buf *out)
-{
-    struct daemon *d = arg;
-    (void)args;
-    buf_printf(out, "%-10s %10s  %-24s  %5s  %s\n", "MID", "Bytes",
-               "Received", "Rcpts", "Sender");
-    spool_foreach(d->spool, queue_line, out);
-    buf_printf(out, "%zu message(s), %llu bytes\n", spool_count(d->spool),
-               (unsigned long long)spool_bytes(d->spool));
-    return true;
-}
+/* The queue's commands, each a thin wrapper. */
+#define QUEUE_CMD(name)                                                        \
+    static bool ctl_##name(void *arg, const char *args, struct buf *out)       \
+    {                                                                          \
+        return queue_cmd_##name(((struct daemon *)arg)->queue, args, out);     \
+    }
+QUEUE_CMD(list)
+QUEUE_CMD(show)
+QUEUE_CMD(flush)
+QUEUE_CMD(delete)
+QUEUE_CMD(bounce)
+QUEUE_CMD(retry)
+QUEUE_CMD(tophosts)
+QUEUE_CMD(hoststatus)
 
 static void errors_to_buf(const struct conf_errors *e, struct buf *out)
 {
@@ -290,6 +302,7 @@ static bool daemon_commit(struct daemon *d, struct buf *out)
         return false;
     }
     restart_notes(d->conf, c, out);
+    queue_set_conf(d->queue, c);
     if (strcmp(c->log_file, d->conf->log_file) != 0)
         buf_printf(out, "Note: mail_log path changed; it takes effect when "
                         "moatd is restarted.\n");
@@ -486,9 +499,22 @@ static int serve(struct daemon *d)
     /* The server was created before the spool existed (binding comes
      * first); hand it the stores now, before the loop runs. */
     smtp_server_set_stores(d->smtp, d->spool, d->ids);
+    d->queue = queue_new(d->base, c, d->spool, d->ids, err, sizeof(err));
+    if (d->queue == NULL) {
+        fprintf(stderr, "moatd: %s\n", err);
+        mlog_system(MLOG_CRITICAL, "%s", err);
+        return 1;
+    }
 
     control_register(d->control, "status", ctl_status, d);
-    control_register(d->control, "queue list", ctl_queue_list, d);
+    control_register(d->control, "queue list", ctl_list, d);
+    control_register(d->control, "queue show", ctl_show, d);
+    control_register(d->control, "queue flush", ctl_flush, d);
+    control_register(d->control, "queue delete", ctl_delete, d);
+    control_register(d->control, "queue bounce", ctl_bounce, d);
+    control_register(d->control, "queue retry", ctl_retry, d);
+    control_register(d->control, "tophosts", ctl_tophosts, d);
+    control_register(d->control, "hoststatus", ctl_hoststatus, d);
     control_register(d->control, "configtest", ctl_configtest, d);
     control_register(d->control, "commit", ctl_commit, d);
     setup_signals(d);
@@ -502,8 +528,10 @@ static int serve(struct daemon *d)
 
     /* Sessions first (their commits complete in spool_close), then the
      * stores, then the server whose sessions are all gone. */
+    queue_stop(d->queue);
     smtp_server_close_all(d->smtp);
-    spool_close(d->spool);
+    spool_close(d->spool); /* may still report DSN commits to the queue */
+    queue_free(d->queue);
     smtp_server_free(d->smtp);
     ids_close(d->ids);
     control_close(d->control);

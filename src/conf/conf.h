@@ -111,6 +111,7 @@ struct conf_resolver {
 
 /* The SMTP client's settings. */
 struct conf_delivery {
+    bool suspended;             /* hold every message (suspenddel) */
     char *helo;                 /* EHLO name (default: hostname) */
     unsigned connect_timeout;   /* TCP connect, per address */
     unsigned greeting_timeout;  /* 220 greeting */

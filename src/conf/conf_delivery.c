@@ -34,6 +34,11 @@ static const char *const ip_prefs[] = {"ipv6_preferred", "ipv6_only",
                                        "ipv4_preferred", "ipv4_only", NULL};
 
 static const struct conf_key delivery_keys[] = {
+    {.name = "suspended",
+     .type = KT_BOOL,
+     .def = "false",
+     .off = TOP(delivery.suspended),
+     .help = "hold every message in the queue (no delivery attempts)"},
     {.name = "helo",
      .type = KT_STRING,
      .min = 1,

@@ -336,3 +336,146 @@ void mlog_mid_aborted(uint64_t mid)
     info("Message aborted MID %llu Receiving aborted",
          (unsigned long long)mid);
 }
+
+/* ---- delivery events ---------------------------------------------------- */
+
+/* "[0, 1, 2]" */
+static const char *rid_list(struct buf *b, const unsigned *rids, size_t n)
+{
+    buf_reset(b);
+    buf_putc(b, '[');
+    for (size_t i = 0; i < n; i++)
+        buf_printf(b, i ? ", %u" : "%u", rids[i]);
+    buf_putc(b, ']');
+    return buf_str(b);
+}
+
+void mlog_dcid_new(uint64_t dcid, const char *iface_ip, const char *addr,
+                   unsigned port)
+{
+    info("New SMTP DCID %llu interface %s address %s port %u",
+         (unsigned long long)dcid, iface_ip[0] ? iface_ip : "unknown", addr,
+         port);
+}
+
+void mlog_dcid_close(uint64_t dcid)
+{
+    info("DCID %llu close", (unsigned long long)dcid);
+}
+
+void mlog_dcid_delivery_start(uint64_t dcid, uint64_t mid,
+                              const unsigned *rids, size_t n)
+{
+    struct buf b = {0};
+    info("Delivery start DCID %llu MID %llu to RID %s",
+         (unsigned long long)dcid, (unsigned long long)mid,
+         rid_list(&b, rids, n));
+    buf_free(&b);
+}
+
+void mlog_dcid_message_done(uint64_t dcid, uint64_t mid,
+                            const unsigned *rids, size_t n)
+{
+    struct buf b = {0};
+    info("Message done DCID %llu MID %llu to RID %s", (unsigned long long)dcid,
+         (unsigned long long)mid, rid_list(&b, rids, n));
+    buf_free(&b);
+}
+
+void mlog_mid_response(uint64_t mid, const unsigned *rids, size_t n,
+                       const char *text)
+{
+    struct buf b = {0}, t = {0};
+    rid_list(&b, rids, n);
+    info("MID %llu RID %s Response '%s'", (unsigned long long)mid, buf_str(&b),
+         esc(&t, text, strlen(text), '\''));
+    buf_free(&b);
+    buf_free(&t);
+}
+
+void mlog_mid_finished(uint64_t mid, bool aborted)
+{
+    info("Message finished MID %llu %s", (unsigned long long)mid,
+         aborted ? "aborted" : "done");
+}
+
+void mlog_connection_error(uint64_t dcid, const char *domain, const char *ip,
+                           unsigned port, const char *details,
+                           const char *iface, const char *reason)
+{
+    struct buf b = {0};
+    info("Connection Error: DCID %llu domain: %s IP: %s port: %u details: %s "
+         "interface: %s reason: %s",
+         (unsigned long long)dcid, esc(&b, domain, strlen(domain), 0), ip,
+         port, details, iface[0] ? iface : "unknown", reason);
+    buf_free(&b);
+}
+
+void mlog_dns_error(bool hard, const char *domain, const char *qtype,
+                    const char *what)
+{
+    struct buf b = {0};
+    info("%s %s %s - %s", hard ? "DNS Error" : "DNS Temporary Failure",
+         esc(&b, domain, strlen(domain), 0), qtype, what);
+    buf_free(&b);
+}
+
+void mlog_bounced(bool delayed, uint64_t dcid, uint64_t mid, unsigned rid,
+                  const char *enh, const char *reason, const char *code,
+                  const char *text)
+{
+    struct buf b = {0};
+    info("%s: DCID %llu MID %llu to RID %u - %s - %s ('%s', ['%s'])",
+         delayed ? "Delayed" : "Bounced", (unsigned long long)dcid,
+         (unsigned long long)mid, rid, enh, reason, code,
+         esc(&b, text, strlen(text), '\''));
+    buf_free(&b);
+}
+
+void mlog_double_bounce(uint64_t mid, unsigned rid, const char *enh,
+                        const char *reason)
+{
+    info("Double bounce: MID %llu to RID %u - %s - %s",
+         (unsigned long long)mid, rid, enh, reason);
+}
+
+void mlog_mid_bounce_of(uint64_t newmid, uint64_t mid)
+{
+    info("MID %llu was generated for bounce of MID %llu",
+         (unsigned long long)newmid, (unsigned long long)mid);
+}
+
+void mlog_mid_pending(uint64_t mid, const unsigned *rids, size_t n,
+                      long long until)
+{
+    struct buf b = {0};
+    char date[64];
+    time_t t = (time_t)until;
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(date, sizeof(date), "%a %b %e %H:%M:%S %Y", &tm);
+    info("Message %llu to RID %s pending till %s", (unsigned long long)mid,
+         rid_list(&b, rids, n), date);
+    buf_free(&b);
+}
+
+void mlog_mid_deleted(uint64_t mid, const unsigned *rids, size_t n,
+                      const char *why)
+{
+    struct buf b = {0};
+    info("Deleted: MID %llu to %s (%s)", (unsigned long long)mid,
+         rid_list(&b, rids, n), why);
+    buf_free(&b);
+}
+
+void mlog_mid_devnull(uint64_t mid, const unsigned *rids, size_t n,
+                      const char *route)
+{
+    struct buf b = {0}, r = {0};
+    rid_list(&b, rids, n);
+    info("MID %llu RID %s dropped by SMTP route '%s' to /dev/null",
+         (unsigned long long)mid, buf_str(&b),
+         esc(&r, route, strlen(route), '\''));
+    buf_free(&b);
+    buf_free(&r);
+}

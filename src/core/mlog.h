@@ -70,4 +70,37 @@ void mlog_mid_ready(uint64_t mid, uint64_t bytes, const char *from);
 void mlog_mid_queued(uint64_t mid);
 void mlog_mid_aborted(uint64_t mid);
 
+/* Delivery (DCID). RID lists print as "[0, 1, 2]". */
+void mlog_dcid_new(uint64_t dcid, const char *iface_ip, const char *addr,
+                   unsigned port);
+void mlog_dcid_close(uint64_t dcid);
+void mlog_dcid_delivery_start(uint64_t dcid, uint64_t mid,
+                              const unsigned *rids, size_t n);
+void mlog_dcid_message_done(uint64_t dcid, uint64_t mid,
+                            const unsigned *rids, size_t n);
+void mlog_mid_response(uint64_t mid, const unsigned *rids, size_t n,
+                       const char *text);
+void mlog_mid_finished(uint64_t mid, bool aborted);
+void mlog_connection_error(uint64_t dcid, const char *domain, const char *ip,
+                           unsigned port, const char *details,
+                           const char *iface, const char *reason);
+/* "DNS Error <domain> MX - NXDomain" (hard) or "DNS Temporary Failure
+ * <domain> MX - ServFail" (soft). */
+void mlog_dns_error(bool hard, const char *domain, const char *qtype,
+                    const char *what);
+/* "Bounced: DCID d MID m to RID r - 5.1.1 - reason ('550', ['text'])"
+ * (delayed: "Delayed: ..."). code is "000" when no server answered. */
+void mlog_bounced(bool delayed, uint64_t dcid, uint64_t mid, unsigned rid,
+                  const char *enh, const char *reason, const char *code,
+                  const char *text);
+void mlog_double_bounce(uint64_t mid, unsigned rid, const char *enh,
+                        const char *reason);
+void mlog_mid_bounce_of(uint64_t newmid, uint64_t mid);
+void mlog_mid_pending(uint64_t mid, const unsigned *rids, size_t n,
+                      long long until);
+void mlog_mid_deleted(uint64_t mid, const unsigned *rids, size_t n,
+                      const char *why);
+void mlog_mid_devnull(uint64_t mid, const unsigned *rids, size_t n,
+                      const char *route);
+
 #endif

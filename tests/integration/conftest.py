@@ -266,6 +266,16 @@ class Moat:
             "control_socket": str(self.socket),
             "mail_log": {"path": str(self.log_path)},
         }
+        # Tests of the receiving side keep what they accept: delivery is
+        # suspended unless the test configures delivery itself. DNS never
+        # leaves loopback: without a test resolver every zone, the root
+        # included, is stubbed to a port where nothing answers.
+        if "delivery" not in conf:
+            full["delivery"] = {"suspended": True}
+        if "resolver" not in conf:
+            full["resolver"] = {"resolv_conf": "",
+                                "stub_zones": {".": ["127.0.0.1@9"]},
+                                "timeout": 5}
         for k, v in conf.items():
             if isinstance(k, tuple) and k[0] == "listener" and isinstance(v, dict):
                 v = dict(v)

@@ -229,7 +229,7 @@ def test_moatctl_help(moatctl_bin):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0
     assert r.stdout.startswith("usage: moatctl queue list")
-    assert "List the messages held in the spool" in r.stdout
+    assert "List the messages in the queue" in r.stdout
     r = subprocess.run([str(moatctl_bin), "frobnicate"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode != 0

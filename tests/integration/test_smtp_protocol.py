@@ -170,6 +170,8 @@ def read_spool(path):
             assert clen == len(content)
             assert crc == zlib.crc32(data[:pos]) & 0xFFFFFFFF
             end = pos
+        elif typ == b"S" and end is not None:
+            pass  # a recipient status record (docs/spool.md)
         else:
             raise AssertionError("bad record type %r" % typ)
         pos += 5 + n

@@ -1,0 +1,79 @@
+/*
+ * resolve.h - where a destination's mail goes: SMTP route hosts or MX
+ * hosts, resolved to an ordered list of addresses, through libunbound in
+ * event mode on the daemon's loop.
+ *
+ * Order (RFC 5321 5.1, RFC 7505, the appliance's SMTP routes):
+ *   - a route's hosts by priority, equal priorities shuffled; a host name
+ *     in a route is resolved like a domain (MX, then its addresses);
+ *   - otherwise the domain's MX records by preference, equal preferences
+ *     shuffled; no MX record: the domain itself (implicit MX);
+ *   - each host's addresses as the destination's IP preference says.
+ * Outcomes: addresses; a hard failure (NXDOMAIN, null MX, no address
+ * anywhere and no temporary error); or a temporary failure (SERVFAIL,
+ * timeout, a temporary error on the way with nothing usable).
+ */
+#ifndef MOAT_DELIVERY_RESOLVE_H
+#define MOAT_DELIVERY_RESOLVE_H
+
+#include "conf/conf.h"
+#include "core/util.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+struct event_base;
+struct resolver;
+struct resolve_req;
+
+#define NEXTHOP_MAX_ADDRS 32
+#define NEXTHOP_HOST_MAX 256
+
+enum nexthop_status {
+    NH_OK,
+    NH_TEMP,     /* try again later */
+    NH_HARD,     /* bounce: the destination cannot exist */
+};
+
+struct nexthop_addr {
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    char ip[INET6_ADDRSTRLEN];
+    char host[NEXTHOP_HOST_MAX]; /* MX host (or route host) it belongs to */
+    uint16_t port;
+};
+
+struct nexthop {
+    enum nexthop_status status;
+    /* Failures: the lookup that failed, for the log lines "DNS Error
+     * <qname> <qtype> - <what>" and the bounce text. */
+    char qname[NEXTHOP_HOST_MAX];
+    char qtype[8];
+    char what[64];   /* "NXDomain", "ServFail", "timeout", "null MX", ... */
+    char enh[8];     /* enhanced code for a hard failure: 5.1.2, 5.1.10 */
+    size_t naddrs;
+    struct nexthop_addr addrs[NEXTHOP_MAX_ADDRS];
+};
+
+/* The callback owns nothing: nh is valid during the call only. */
+typedef void (*resolve_cb)(void *arg, const struct nexthop *nh);
+
+/* Create the resolver from the configuration. NULL with a reason. */
+struct resolver *resolver_new(struct event_base *base,
+                              const struct conf_resolver *rc, char *err,
+                              size_t errlen);
+void resolver_free(struct resolver *r);
+
+/* Resolve where mail for `domain` goes (route may be NULL or USEDNS).
+ * The callback is never called from inside this function. */
+struct resolve_req *resolve_nexthop(struct resolver *r, const char *domain,
+                                    const struct conf_route *route,
+                                    int ip_preference, resolve_cb cb,
+                                    void *arg);
+/* Forget a request: its callback will not be called. */
+void resolve_cancel(struct resolve_req *q);
+
+/* Lookups made, for status. */
+uint64_t resolver_queries(const struct resolver *r);
+
+#endif

@@ -1,0 +1,1118 @@
+/*
+ * queue.c - work queue, delivery queues, scheduler, connections and
+ * outcomes (see queue.h).
+ *
+ * Life of a recipient: the spool commits its message -> workq_submit()
+ * groups the pending recipients by domain into jobs -> a job waits in its
+ * destination's ready list -> a connection takes it (conn_next), sends
+ * one SMTP transaction, and job_result() turns the replies into one of
+ * delivered / retry later / bounced, each written to the spool file
+ * before the job is dropped or put in the retry heap.
+ */
+#include "queue/queue_internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#define HASH_INIT 64
+
+int64_t queue_now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* ---- destinations ---- */
+
+static size_t hash_str(const char *s)
+{
+    size_t h = 1469598103934665603u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211u;
+    return h;
+}
+
+static void hash_grow(struct queue *q)
+{
+    size_t nsize = q->hsize ? q->hsize * 2 : HASH_INIT;
+    struct dest **nt = xcalloc(nsize, sizeof(*nt));
+    for (size_t i = 0; i < q->hsize; i++)
+        for (struct dest *d = q->htab[i], *next; d; d = next) {
+            next = d->hnext;
+            size_t at = hash_str(d->domain) & (nsize - 1);
+            d->hnext = nt[at];
+            nt[at] = d;
+        }
+    free(q->htab);
+    q->htab = nt;
+    q->hsize = nsize;
+}
+
+static struct dest *dest_find(const struct queue *q, const char *domain)
+{
+    if (q->hsize == 0)
+        return NULL;
+    for (struct dest *d = q->htab[hash_str(domain) & (q->hsize - 1)]; d;
+         d = d->hnext)
+        if (strcmp(d->domain, domain) == 0)
+            return d;
+    return NULL;
+}
+
+struct dest *queue_dest(struct queue *q, const char *domain)
+{
+    struct dest *d = dest_find(q, domain);
+    if (d)
+        return d;
+    if (q->ndest + 1 > q->hsize / 2)
+        hash_grow(q);
+    d = xcalloc(1, sizeof(*d));
+    d->domain = xstrdup(domain);
+    TAILQ_INIT(&d->ready);
+    LIST_INIT(&d->conns);
+    size_t at = hash_str(domain) & (q->hsize - 1);
+    d->hnext = q->htab[at];
+    q->htab[at] = d;
+    q->ndest++;
+    q->st.destinations = q->ndest;
+    return d;
+}
+
+const struct conf_bounce_profile *queue_profile(const struct queue *q,
+                                                const struct dest *d)
+{
+    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    const struct conf_bounce_profile *p =
+        conf_profile_find(q->conf, dc->bounce_profile);
+    return p ? p : &q->conf->profiles[0];
+}
+
+/* ---- the retry heap (min by next_try) ---- */
+
+static void heap_swap(struct queue *q, size_t a, size_t b)
+{
+    struct job *t = q->heap[a];
+    q->heap[a] = q->heap[b];
+    q->heap[b] = t;
+    q->heap[a]->heap_at = a;
+    q->heap[b]->heap_at = b;
+}
+
+static void heap_up(struct queue *q, size_t i)
+{
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (q->heap[p]->next_try <= q->heap[i]->next_try)
+            break;
+        heap_swap(q, i, p);
+        i = p;
+    }
+}
+
+static void heap_down(struct queue *q, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < q->nheap && q->heap[l]->next_try < q->heap[m]->next_try)
+            m = l;
+        if (r < q->nheap && q->heap[r]->next_try < q->heap[m]->next_try)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(q, i, m);
+        i = m;
+    }
+}
+
+static void heap_remove(struct queue *q, struct job *j)
+{
+    size_t i = j->heap_at;
+    q->nheap--;
+    if (i != q->nheap) {
+        q->heap[i] = q->heap[q->nheap];
+        q->heap[i]->heap_at = i;
+        heap_down(q, i);
+        heap_up(q, i);
+    }
+}
+
+/* Arm the timer for the earliest waiting job. */
+static void timer_arm(struct queue *q)
+{
+    evtimer_del(q->timer);
+    if (q->nheap == 0 || q->stopping)
+        return;
+    int64_t wait = q->heap[0]->next_try - queue_now();
+    struct timeval tv = {wait > 0 ? (time_t)wait : 0, wait > 0 ? 0 : 1000};
+    evtimer_add(q->timer, &tv);
+}
+
+/* ---- jobs ---- */
+
+struct job *job_new(struct queue *q, struct dest *d, uint64_t mid,
+                    const unsigned *rids, size_t n)
+{
+    struct job *j = xcalloc(1, sizeof(*j));
+    j->d = d;
+    j->mid = mid;
+    j->nrid = n;
+    j->rids = xmalloc(n * sizeof(*rids) + 1);
+    memcpy(j->rids, rids, n * sizeof(*rids));
+    j->state = JOB_WAIT;
+    j->heap_at = SIZE_MAX;
+    d->active_rcpts += n;
+    q->st.active_rcpts += n;
+    return j;
+}
+
+/* Take a job out of the ready list or the heap (not an active one). */
+void job_unlink(struct queue *q, struct job *j)
+{
+    if (j->state == JOB_READY) {
+        TAILQ_REMOVE(&j->d->ready, j, link);
+        j->d->nready--;
+    } else if (j->state == JOB_WAIT && j->heap_at != SIZE_MAX) {
+        heap_remove(q, j);
+        j->heap_at = SIZE_MAX;
+    }
+    j->state = JOB_WAIT;
+}
+
+void job_free(struct queue *q, struct job *j)
+{
+    job_unlink(q, j);
+    j->d->active_rcpts -= j->nrid;
+    q->st.active_rcpts -= j->nrid;
+    free(j->rids);
+    free(j);
+}
+
+void job_ready(struct queue *q, struct job *j)
+{
+    job_unlink(q, j);
+    j->state = JOB_READY;
+    TAILQ_INSERT_TAIL(&j->d->ready, j, link);
+    j->d->nready++;
+}
+
+void job_wait(struct queue *q, struct job *j, int64_t when)
+{
+    job_unlink(q, j);
+    j->state = JOB_WAIT;
+    j->next_try = when;
+    q->heap = xgrow(q->heap, &q->heapcap, q->nheap + 1, sizeof(*q->heap));
+    j->heap_at = q->nheap;
+    q->heap[q->nheap++] = j;
+    heap_up(q, j->heap_at);
+    if (q->heap[0] == j)
+        timer_arm(q);
+}
+
+/* A job whose time has come: ready, or bounced if it is too old. */
+static bool job_expired(struct queue *q, struct job *j, int64_t now);
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct queue *q = arg;
+    (void)fd;
+    (void)what;
+    int64_t now = queue_now();
+    /* Destinations touched, kicked once at the end. */
+    struct dest **touched = NULL;
+    size_t nt = 0, cap = 0;
+    while (q->nheap > 0 && q->heap[0]->next_try <= now) {
+        struct job *j = q->heap[0];
+        struct dest *d = j->d;
+        if (job_expired(q, j, now))
+            continue;
+        job_ready(q, j);
+        touched = xgrow(touched, &cap, nt + 1, sizeof(*touched));
+        touched[nt++] = d;
+    }
+    for (size_t i = 0; i < nt; i++)
+        dest_kick(q, touched[i]);
+    free(touched);
+    timer_arm(q);
+}
+
+/* ---- recording outcomes ---- */
+
+void queue_update(struct queue *q, uint64_t mid,
+                  const struct spool_rcpt_update *u, size_t n)
+{
+    bool removed = false;
+    int err = spool_rcpt_update(q->sp, mid, u, n, &removed);
+    if (err && err != ENOENT)
+        mlog_system(MLOG_WARNING,
+                    "MID %llu cannot record recipient states: %s (they "
+                    "may be delivered once more after a restart)",
+                    (unsigned long long)mid, strerror(err));
+    if (removed)
+        mlog_mid_finished(mid, false);
+}
+
+/* The domain part of an address, lower case, into out. */
+static void addr_domain(const char *addr, const char *fallback, char *out,
+                        size_t outlen)
+{
+    const char *at = strrchr(addr, '@');
+    str_copy(out, outlen, at ? at + 1 : fallback);
+    for (char *p = out; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    size_t n = strlen(out);
+    if (n > 0 && out[n - 1] == '.')
+        out[n - 1] = '\0'; /* "example.com." is example.com */
+}
+
+/* Retry interval after `attempts` failures: initial, doubling, capped. */
+static int64_t retry_wait(const struct conf_bounce_profile *p,
+                          unsigned attempts)
+{
+    int64_t w = p->initial_retry;
+    for (unsigned i = 1; i < attempts && w < p->max_retry_timeout; i++)
+        w *= 2;
+    return w < p->max_retry_timeout ? w : p->max_retry_timeout;
+}
+
+/* Hard bounce with moat's own reason (no server reply). */
+static void bounce_local(struct queue *q, uint64_t dcid, uint64_t mid,
+                         const unsigned *rids, size_t n, const char *status,
+                         const char *reason, const char *code,
+                         const char *text, bool dns)
+{
+    for (size_t i = 0; i < n; i++)
+        mlog_bounced(false, dcid, mid, rids[i], status, reason, code, text);
+    q->st.hard_bounced += n;
+    if (dns)
+        q->st.dns_bounced += n;
+    char why[QERR_MAX];
+    str_printf(why, sizeof(why), "%s - %s", status, reason);
+    queue_bounce_all(q, mid, rids, n, status, why, NULL);
+}
+
+static bool job_expired(struct queue *q, struct job *j, int64_t now)
+{
+    const struct spool_entry *e = spool_find(q->sp, j->mid);
+    if (e == NULL) {
+        job_free(q, j);
+        return true;
+    }
+    const struct conf_bounce_profile *p = queue_profile(q, j->d);
+    if (now < e->received + (int64_t)p->max_queue_lifetime)
+        return false;
+    struct dest *d = j->d;
+    d->hard += j->nrid;
+    q->st.expired += j->nrid;
+    bounce_local(q, 0, j->mid, j->rids, j->nrid, "5.4.7",
+                 "Delivery expired (message too old)", "000", j->last_error,
+                 false);
+    job_free(q, j);
+    return true;
+}
+
+/* Soft failure of some recipients of a job: record attempts, then wait,
+ * or bounce if retries or time ran out. Frees nothing; returns true if
+ * the rids were bounced (the caller drops them). */
+static bool soft_fail(struct queue *q, struct dest *d, uint64_t dcid,
+                      uint64_t mid, const unsigned *rids, size_t n,
+                      const char *status, const char *reason,
+                      const char *code, const char *text, int64_t *next)
+{
+    const struct spool_entry *e = spool_find(q->sp, mid);
+    if (e == NULL)
+        return true;
+    const struct conf_bounce_profile *p = queue_profile(q, d);
+    int64_t now = queue_now();
+    unsigned attempts = 0;
+    for (size_t i = 0; i < n; i++)
+        if (rids[i] < e->nrcpt && e->rstate[rids[i]].attempts > attempts)
+            attempts = e->rstate[rids[i]].attempts;
+    attempts++;
+    int64_t when = now + retry_wait(p, attempts);
+    d->soft += n;
+    q->st.soft_bounced += n;
+    str_printf(d->last_error, sizeof(d->last_error), "%s - %s ('%s', ['%s'])",
+               status, reason, code, text);
+    if (attempts > p->max_retries ||
+        now >= e->received + (int64_t)p->max_queue_lifetime) {
+        bool expired = attempts <= p->max_retries;
+        for (size_t i = 0; i < n; i++)
+            mlog_bounced(false, dcid, mid, rids[i], "5.4.7",
+                         expired ? "Delivery expired (message too old)"
+                                 : "Delivery retries exceeded",
+                         code, text);
+        d->hard += n;
+        q->st.hard_bounced += n;
+        q->st.expired += n;
+        char why[QERR_MAX];
+        str_printf(why, sizeof(why), "5.4.7 - %s (last error: %s - %s)",
+                   expired ? "Delivery expired (message too old)"
+                           : "Delivery retries exceeded",
+                   status, reason);
+        queue_bounce_all(q, mid, rids, n, "5.4.7", why, NULL);
+        return true;
+    }
+    struct spool_rcpt_update *u = xcalloc(n, sizeof(*u));
+    for (size_t i = 0; i < n; i++) {
+        mlog_bounced(true, dcid, mid, rids[i], status, reason, code, text);
+        u[i].rid = rids[i];
+        u[i].st.state = SPOOL_RCPT_PENDING;
+        u[i].st.attempts = attempts;
+        u[i].st.next_try = when;
+    }
+    queue_update(q, mid, u, n);
+    free(u);
+    mlog_mid_pending(mid, rids, n, when);
+    *next = when;
+    return false;
+}
+
+/* Fail every ready job of a destination (DNS or connection failure with
+ * nothing delivered). hard: bounce them all. */
+static void dest_fail_ready(struct queue *q, struct dest *d, bool hard,
+                            uint64_t dcid, const char *status,
+                            const char *reason, const char *text)
+{
+    struct job *j;
+    int64_t hold = 0;
+    while ((j = TAILQ_FIRST(&d->ready)) != NULL) {
+        job_unlink(q, j);
+        str_copy(j->last_error, sizeof(j->last_error), text);
+        if (hard) {
+            d->hard += j->nrid;
+            bounce_local(q, dcid, j->mid, j->rids, j->nrid, status, reason,
+                         "000", text, true);
+            job_free(q, j);
+            continue;
+        }
+        int64_t when = 0;
+        if (soft_fail(q, d, dcid, j->mid, j->rids, j->nrid, status, reason,
+                      "000", text, &when)) {
+            job_free(q, j);
+            continue;
+        }
+        if (hold == 0 || when < hold)
+            hold = when;
+        job_wait(q, j, when);
+    }
+    if (!hard && hold)
+        d->down_until = hold;
+}
+
+/* ---- connections ---- */
+
+static void conn_free(struct conn *cn)
+{
+    struct queue *q = cn->q;
+    struct dest *d = cn->d;
+    if (cn->starting) {
+        cn->starting = false;
+        d->nstarting--;
+    }
+    if (cn->rq)
+        resolve_cancel(cn->rq);
+    if (cn->c)
+        smtpc_free(cn->c);
+    if (cn->job) {
+        /* Shut down mid-delivery: the spool keeps the recipients. */
+        job_free(q, cn->job);
+    }
+    spool_reader_close(cn->rd);
+    free(cn->rcpt_ptrs);
+    free(cn->nh);
+    LIST_REMOVE(cn, link);
+    d->nconns--;
+    q->st.conns_out--;
+    free(cn);
+}
+
+/* Close a connection and let the destination start another if needed. */
+static void conn_done(struct conn *cn, bool quit)
+{
+    struct queue *q = cn->q;
+    struct dest *d = cn->d;
+    if (cn->c && cn->st != C_RESOLVING && cn->st != C_CONNECTING)
+        mlog_dcid_close(cn->dcid);
+    if (quit && cn->c) {
+        smtpc_quit(cn->c); /* frees itself */
+        cn->c = NULL;
+    }
+    conn_free(cn);
+    dest_kick(q, d);
+}
+
+static void conn_try_next(struct conn *cn);
+static void conn_next(struct conn *cn);
+
+/* Content for smtpc from the spool. */
+static ssize_t read_content(void *arg, void *buf, size_t n)
+{
+    struct conn *cn = arg;
+    return spool_reader_read(cn->rd, buf, n);
+}
+
+/* Classify a reply: 2, 4 or 5; 0 when there was none. */
+static int reply_class(const struct smtpc_reply *r)
+{
+    return r->code ? r->code / 100 : 0;
+}
+
+/* A recipient's status line "5.1.1" and reason text for a reply. */
+static void reply_status(const struct smtpc_reply *r, char *status,
+                         size_t len)
+{
+    if (r->enh[0])
+        str_copy(status, len, r->enh);
+    else
+        str_printf(status, len, "%d.0.0", r->code / 100);
+}
+
+static const char *status_reason(const char *status)
+{
+    static const struct {
+        const char *sub;
+        const char *text;
+    } t[] = {
+        {".1.0", "Unknown address error"},
+        {".1.1", "Bad destination mailbox address"},
+        {".1.2", "Bad destination host"},
+        {".1.3", "Bad destination mailbox address syntax"},
+        {".1.10", "Recipient address has null MX"},
+        {".2.0", "Other or undefined mailbox status"},
+        {".2.1", "Mailbox disabled, not accepting messages"},
+        {".2.2", "Mailbox full"},
+        {".2.3", "Message length exceeds administrative limit"},
+        {".3.0", "Other or undefined mail system status"},
+        {".3.1", "Mail system full"},
+        {".3.4", "Message too big for system"},
+        {".4.0", "Other network problem"},
+        {".4.1", "No answer from host"},
+        {".4.2", "Bad connection"},
+        {".4.3", "Directory server failure"},
+        {".4.4", "Unable to route"},
+        {".4.7", "Delivery time expired"},
+        {".5.0", "Other or undefined protocol status"},
+        {".6.0", "Other or undefined media error"},
+        {".7.0", "Other or undefined security status"},
+        {".7.1", "Delivery not authorized, message refused"},
+    };
+    const char *dot = strchr(status, '.');
+    for (size_t i = 0; dot && i < ARRAY_LEN(t); i++)
+        if (strcmp(dot, t[i].sub) == 0)
+            return t[i].text;
+    return status[0] == '5' ? "Bounced by destination server"
+                            : "Deferred by destination server";
+}
+
+/* The "IP: details" text for a failure without a reply. */
+static const char *fail_details(enum smtpc_fail f)
+{
+    switch (f) {
+    case SMTPC_TIMEOUT:
+        return "timeout";
+    case SMTPC_EOF:
+        return "EOF";
+    case SMTPC_CONNECT:
+        return "connection refused";
+    default:
+        return smtpc_fail_name(f);
+    }
+}
+
+/* Apply a finished transaction to the connection's job. */
+static void job_result(struct conn *cn, const struct smtpc_result *res)
+{
+    struct queue *q = cn->q;
+    struct dest *d = cn->d;
+    struct job *j = cn->job;
+    cn->job = NULL;
+    spool_reader_close(cn->rd);
+    cn->rd = NULL;
+    d->last_activity = queue_now();
+    size_t n = j->nrid;
+    unsigned *ok = xmalloc(n * sizeof(*ok) + 1);
+    unsigned *hard = xmalloc(n * sizeof(*hard) + 1);
+    unsigned *soft = xmalloc(n * sizeof(*soft) + 1);
+    size_t nok = 0, nhard = 0, nsoft = 0;
+    const struct smtpc_reply *soft_r = NULL;
+    const struct smtpc_reply **why = xcalloc(n + 1, sizeof(*why));
+    for (size_t i = 0; i < n; i++) {
+        const struct smtpc_reply *r;
+        if (res->mail.code && reply_class(&res->mail) != 2)
+            r = &res->mail;
+        else if (reply_class(&res->rcpt[i]) != 2)
+            r = &res->rcpt[i];
+        else if (res->data.code != 354)
+            r = &res->data;
+        else
+            r = &res->done;
+        why[i] = r;
+        int cls = reply_class(r);
+        if (res->content_error)
+            cls = 4;
+        if (cls == 2) {
+            ok[nok++] = j->rids[i];
+        } else if (cls == 5) {
+            hard[nhard++] = j->rids[i];
+        } else {
+            soft[nsoft++] = j->rids[i];
+            soft_r = r;
+        }
+    }
+    const struct spool_entry *e = spool_find(q->sp, j->mid);
+    if (nok) {
+        mlog_dcid_message_done(cn->dcid, j->mid, ok, nok);
+        char resp[SMTPC_TEXT_MAX + 32];
+        str_printf(resp, sizeof(resp), "%s%s%s", res->done.enh,
+                   res->done.enh[0] ? " " : "", res->done.text);
+        mlog_mid_response(j->mid, ok, nok, resp);
+        d->delivered += nok;
+        q->st.delivered += nok;
+        struct spool_rcpt_update *u = xcalloc(nok, sizeof(*u));
+        for (size_t i = 0; i < nok; i++) {
+            u[i].rid = ok[i];
+            u[i].st.state = SPOOL_RCPT_DELIVERED;
+        }
+        queue_update(q, j->mid, u, nok);
+        free(u);
+    }
+    e = spool_find(q->sp, j->mid); /* the update may have removed it */
+    const char *host = cn->nh && cn->ai > 0 ? cn->nh->addrs[cn->ai - 1].host
+                                            : d->domain;
+    if (nhard && e) {
+        /* One DSN for every recipient this transaction bounced, each
+         * with its own reply. */
+        struct bounce_rcpt *br = xcalloc(nhard, sizeof(*br));
+        char (*st)[16] = xcalloc(nhard, sizeof(*st));
+        char (*rs)[QERR_MAX] = xcalloc(nhard, sizeof(*rs));
+        char (*rp)[SMTPC_TEXT_MAX + 48] = xcalloc(nhard, sizeof(*rp));
+        for (size_t i = 0; i < nhard; i++) {
+            const struct smtpc_reply *r = NULL;
+            for (size_t k = 0; k < n; k++)
+                if (j->rids[k] == hard[i])
+                    r = why[k];
+            char code[8], text[SMTPC_TEXT_MAX + 32];
+            reply_status(r, st[i], sizeof(st[i]));
+            str_printf(code, sizeof(code), "%d", r->code);
+            str_printf(text, sizeof(text), "%s%s%s", r->enh,
+                       r->enh[0] ? " " : "", r->text);
+            mlog_bounced(false, cn->dcid, j->mid, hard[i], st[i],
+                         status_reason(st[i]), code, text);
+            str_printf(rp[i], sizeof(rp[i]), "%d %s", r->code, text);
+            str_printf(rs[i], sizeof(rs[i]), "%s - %s", st[i],
+                       status_reason(st[i]));
+            br[i] = (struct bounce_rcpt){hard[i], st[i], rs[i], rp[i]};
+        }
+        d->hard += nhard;
+        q->st.hard_bounced += nhard;
+        queue_bounce(q, j->mid, br, nhard, host);
+        free(br);
+        free(st);
+        free(rs);
+        free(rp);
+    }
+    if (nsoft && e) {
+        const struct smtpc_reply *r = soft_r;
+        char status[16], code[8], text[SMTPC_TEXT_MAX + 32];
+        if (r->code) {
+            reply_status(r, status, sizeof(status));
+            str_printf(code, sizeof(code), "%d", r->code);
+            str_printf(text, sizeof(text), "%s%s%s", r->enh,
+                       r->enh[0] ? " " : "", r->text);
+        } else {
+            str_copy(status, sizeof(status), "4.4.2");
+            str_copy(code, sizeof(code), "000");
+            str_printf(text, sizeof(text), "%s: %s", host,
+                       res->content_error ? "spool read error"
+                                          : fail_details(res->fail));
+        }
+        const char *reason = r->code ? status_reason(status) : "Bad connection";
+        if (status[0] == '5')
+            status[0] = '4'; /* a 5xx reply seen as temporary: content error */
+        if (j->kill_delete || j->kill_bounce) {
+            /* The administrator gave these up during the delivery. */
+            if (j->kill_bounce) {
+                for (size_t i = 0; i < nsoft; i++)
+                    mlog_bounced(false, cn->dcid, j->mid, soft[i], "5.3.0",
+                                 "Bounced by administrator", code, text);
+                d->hard += nsoft;
+                q->st.hard_bounced += nsoft;
+                queue_bounce_all(q, j->mid, soft, nsoft, "5.3.0",
+                                 "5.3.0 - Bounced by administrator", NULL);
+            } else {
+                mlog_mid_deleted(j->mid, soft, nsoft,
+                                 "deleted by administrator");
+                q->st.deleted += nsoft;
+                struct spool_rcpt_update *u = xcalloc(nsoft, sizeof(*u));
+                for (size_t i = 0; i < nsoft; i++) {
+                    u[i].rid = soft[i];
+                    u[i].st.state = SPOOL_RCPT_DELETED;
+                }
+                queue_update(q, j->mid, u, nsoft);
+                free(u);
+            }
+        } else {
+            int64_t when = 0;
+            struct job *nj = job_new(q, d, j->mid, soft, nsoft);
+            str_copy(nj->last_error, sizeof(nj->last_error), text);
+            if (soft_fail(q, d, cn->dcid, j->mid, soft, nsoft, status, reason,
+                          code, text, &when))
+                job_free(q, nj);
+            else
+                job_wait(q, nj, when);
+        }
+    }
+    free(why);
+    free(ok);
+    free(hard);
+    free(soft);
+    job_free(q, j);
+}
+
+/* Bounce (or delete) a job that cannot be sent as it is. */
+static void job_refuse(struct conn *cn, struct job *j, const char *status,
+                       const char *reason)
+{
+    struct queue *q = cn->q;
+    cn->d->hard += j->nrid;
+    bounce_local(q, cn->dcid, j->mid, j->rids, j->nrid, status, reason, "000",
+                 "", false);
+    job_free(q, j);
+}
+
+/* Give the connection its next job, or say QUIT. */
+static void conn_next(struct conn *cn)
+{
+    struct queue *q = cn->q;
+    struct dest *d = cn->d;
+    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    for (;;) {
+        struct job *j = TAILQ_FIRST(&d->ready);
+        if (j == NULL || cn->sent >= dc->messages_per_connection ||
+            q->stopping || q->conf->delivery.suspended) {
+            conn_done(cn, true);
+            return;
+        }
+        job_unlink(q, j);
+        const struct spool_entry *e = spool_find(q->sp, j->mid);
+        if (e == NULL) {
+            job_free(q, j);
+            continue;
+        }
+        unsigned caps = smtpc_caps(cn->c);
+        uint64_t max = smtpc_max_size(cn->c);
+        if ((caps & SMTPC_CAP_SIZE) && max && e->size > max) {
+            job_refuse(cn, j, "5.3.4", "Message too big for system");
+            continue;
+        }
+        if ((e->flags & SPOOL_F_SMTPUTF8) && !(caps & SMTPC_CAP_SMTPUTF8)) {
+            job_refuse(cn, j, "5.6.7",
+                       "Non-ASCII addresses not permitted for that recipient");
+            continue;
+        }
+        if (e->flags & SPOOL_F_BINARYMIME) {
+            job_refuse(cn, j, "5.6.3", "Conversion required but not supported");
+            continue;
+        }
+        int err = 0;
+        cn->rd = spool_reader_open(q->sp, j->mid, &err);
+        if (cn->rd == NULL) {
+            mlog_system(MLOG_WARNING, "MID %llu cannot read spool file: %s",
+                        (unsigned long long)j->mid, strerror(err));
+            str_printf(j->last_error, sizeof(j->last_error),
+                       "spool read error: %s", strerror(err));
+            job_wait(q, j, queue_now() + queue_profile(q, d)->initial_retry);
+            continue;
+        }
+        j->state = JOB_ACTIVE;
+        cn->job = j;
+        cn->st = C_BUSY;
+        cn->sent++;
+        cn->rcpt_ptrs = xrealloc(cn->rcpt_ptrs,
+                                 (j->nrid + 1) * sizeof(*cn->rcpt_ptrs));
+        for (size_t i = 0; i < j->nrid; i++)
+            cn->rcpt_ptrs[i] = e->rcpts[j->rids[i]];
+        struct smtpc_txn t = {
+            .mail_from = e->mail_from,
+            .body_8bit = (e->flags & SPOOL_F_8BITMIME) != 0,
+            .smtputf8 = (e->flags & SPOOL_F_SMTPUTF8) != 0,
+            .size = e->size,
+            .nrcpt = j->nrid,
+            .rcpts = cn->rcpt_ptrs,
+            .read = read_content,
+            .read_arg = cn,
+        };
+        mlog_dcid_delivery_start(cn->dcid, j->mid, j->rids, j->nrid);
+        smtpc_send(cn->c, &t);
+        return;
+    }
+}
+
+static void on_connected(void *arg, struct smtpc *c)
+{
+    struct conn *cn = arg;
+    const struct nexthop_addr *a = &cn->nh->addrs[cn->ai - 1];
+    mlog_dcid_new(cn->dcid, smtpc_local_ip(c), a->ip, a->port);
+}
+
+static void on_ready(void *arg, struct smtpc *c)
+{
+    struct conn *cn = arg;
+    (void)c;
+    if (cn->starting) {
+        cn->starting = false;
+        cn->d->nstarting--;
+    }
+    cn->st = C_IDLE;
+    cn->d->down_until = 0;
+    conn_next(cn);
+}
+
+static void on_failed(void *arg, struct smtpc *c, enum smtpc_fail f,
+                      const struct smtpc_reply *r)
+{
+    struct conn *cn = arg;
+    const struct nexthop_addr *a = &cn->nh->addrs[cn->ai - 1];
+    if (cn->st == C_IDLE) {
+        /* Between transactions (e.g. a 421 while idle): just close. */
+        conn_done(cn, false);
+        return;
+    }
+    char reason[QERR_MAX];
+    if (r->code)
+        str_printf(reason, sizeof(reason), "%d %s%s%s", r->code, r->enh,
+                   r->enh[0] ? " " : "", r->text);
+    else
+        str_copy(reason, sizeof(reason), smtpc_fail_name(f));
+    mlog_connection_error(cn->dcid, cn->d->domain, a->ip, a->port,
+                          fail_details(f), smtpc_local_ip(c), reason);
+    str_printf(cn->err, sizeof(cn->err), "%s[%s]:%u: %s", a->host, a->ip,
+               a->port, reason);
+    smtpc_free(cn->c);
+    cn->c = NULL;
+    conn_try_next(cn);
+}
+
+static void on_txn_done(void *arg, struct smtpc *c,
+                        const struct smtpc_result *res)
+{
+    struct conn *cn = arg;
+    (void)c;
+    job_result(cn, res);
+    if (res->fail != SMTPC_OK) {
+        conn_done(cn, false);
+        return;
+    }
+    cn->st = C_IDLE;
+    conn_next(cn);
+}
+
+static const struct smtpc_callbacks conn_cbs = {
+    .connected = on_connected,
+    .ready = on_ready,
+    .failed = on_failed,
+    .txn_done = on_txn_done,
+};
+
+/* Every address failed before a session was up. */
+static void conn_all_failed(struct conn *cn)
+{
+    struct queue *q = cn->q;
+    struct dest *d = cn->d;
+    bool others = false;
+    struct conn *o;
+    LIST_FOREACH(o, &d->conns, link)
+        others |= o != cn && (o->st == C_IDLE || o->st == C_BUSY);
+    str_copy(d->last_error, sizeof(d->last_error), cn->err);
+    uint64_t dcid = cn->dcid;
+    char err[QERR_MAX];
+    str_copy(err, sizeof(err), cn->err);
+    conn_free(cn);
+    if (!others)
+        dest_fail_ready(q, d, false, dcid, "4.4.0", "Other network problem",
+                        err);
+    dest_kick(q, d);
+}
+
+static void conn_try_next(struct conn *cn)
+{
+    struct queue *q = cn->q;
+    if (cn->ai >= cn->nh->naddrs) {
+        conn_all_failed(cn);
+        return;
+    }
+    const struct nexthop_addr *a = &cn->nh->addrs[cn->ai++];
+    cn->dcid = ids_next(q->ids, ID_DCID);
+    cn->st = C_CONNECTING;
+    const struct conf_delivery *dl = &q->conf->delivery;
+    struct smtpc_config cfg = {
+        .helo = dl->helo ? dl->helo : q->conf->hostname,
+        .connect_timeout = dl->connect_timeout,
+        .greeting_timeout = dl->greeting_timeout,
+        .command_timeout = dl->command_timeout,
+        .data_timeout = dl->data_timeout,
+        .data_done_timeout = dl->data_done_timeout,
+    };
+    cn->c = smtpc_connect(q->base, &cfg, (const struct sockaddr *)&a->ss,
+                          a->sslen, &conn_cbs, cn);
+    if (cn->c == NULL) {
+        str_printf(cn->err, sizeof(cn->err), "%s: %s", a->ip, strerror(errno));
+        conn_try_next(cn);
+    }
+}
+
+static void on_resolved(void *arg, const struct nexthop *nh)
+{
+    struct conn *cn = arg;
+    struct queue *q = cn->q;
+    struct dest *d = cn->d;
+    cn->rq = NULL;
+    if (nh->status != NH_OK) {
+        bool hard = nh->status == NH_HARD;
+        mlog_dns_error(hard, nh->qname, nh->qtype, nh->what);
+        char text[QERR_MAX];
+        str_printf(text, sizeof(text), "DNS %s Error looking up %s (%s):  %s",
+                   hard ? "Hard" : "Temporary", nh->qname, nh->qtype,
+                   nh->what);
+        str_copy(d->last_error, sizeof(d->last_error), text);
+        conn_free(cn);
+        dest_fail_ready(q, d, hard, 0, hard ? nh->enh : "4.4.3",
+                        hard ? status_reason(nh->enh)
+                             : "Directory server failure",
+                        text);
+        dest_kick(q, d);
+        return;
+    }
+    cn->nh = xmalloc(sizeof(*cn->nh));
+    *cn->nh = *nh;
+    cn->ai = 0;
+    conn_try_next(cn);
+}
+
+static void conn_start(struct queue *q, struct dest *d)
+{
+    struct conn *cn = xcalloc(1, sizeof(*cn));
+    cn->q = q;
+    cn->d = d;
+    cn->st = C_RESOLVING;
+    cn->starting = true;
+    d->nstarting++;
+    d->nconns++;
+    q->st.conns_out++;
+    LIST_INSERT_HEAD(&d->conns, cn, link);
+    const struct conf_route *route = conf_route_find(q->conf, d->domain);
+    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    if (route && route->kind != ROUTE_HOSTS)
+        route = NULL; /* USEDNS (a /dev/null route never gets here) */
+    cn->rq = resolve_nexthop(q->res, d->domain, route, dc->ip_preference,
+                             on_resolved, cn);
+}
+
+void dest_kick(struct queue *q, struct dest *d)
+{
+    if (q->stopping || d->nready == 0 || q->conf->delivery.suspended)
+        return;
+    int64_t now = queue_now();
+    if (d->down_until > now) {
+        /* The destination failed a moment ago: hold new jobs until its
+         * retry time instead of hammering it. */
+        struct job *j;
+        while ((j = TAILQ_FIRST(&d->ready)) != NULL && d->nconns == 0)
+            job_wait(q, j, d->down_until);
+        if (d->nconns == 0)
+            return;
+    }
+    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    while (d->nready > d->nstarting && d->nconns < dc->concurrency)
+        conn_start(q, d);
+}
+
+/* ---- the work queue ---- */
+
+struct rcpt_dom {
+    char domain[256];
+    unsigned rid;
+};
+
+static int rcpt_dom_cmp(const void *a, const void *b)
+{
+    const struct rcpt_dom *x = a, *y = b;
+    int c = strcmp(x->domain, y->domain);
+    return c ? c : (x->rid < y->rid ? -1 : x->rid > y->rid);
+}
+
+/* Split a message's pending recipients into jobs, one destination each.
+ * This is where message filters and mail policies will run. */
+static void workq_submit(struct queue *q, const struct spool_entry *e)
+{
+    int64_t now = queue_now();
+    struct rcpt_dom *rd = xcalloc(e->nrcpt + 1, sizeof(*rd));
+    size_t n = 0;
+    for (size_t i = 0; i < e->nrcpt; i++) {
+        if (e->rstate[i].state != SPOOL_RCPT_PENDING)
+            continue;
+        addr_domain(e->rcpts[i], q->conf->hostname, rd[n].domain,
+                    sizeof(rd[n].domain));
+        rd[n].rid = (unsigned)i;
+        n++;
+    }
+    qsort(rd, n, sizeof(*rd), rcpt_dom_cmp);
+    unsigned *rids = xmalloc((n + 1) * sizeof(*rids));
+    size_t per = q->conf->delivery.max_rcpts_per_txn;
+    for (size_t i = 0, k; i < n; i = k) {
+        for (k = i; k < n && strcmp(rd[k].domain, rd[i].domain) == 0; k++)
+            rids[k - i] = rd[k].rid;
+        size_t cnt = k - i;
+        const struct conf_route *route = conf_route_find(q->conf, rd[i].domain);
+        if (route && route->kind == ROUTE_DEVNULL) {
+            mlog_mid_devnull(e->mid, rids, cnt, route->domain);
+            q->st.deleted += cnt;
+            struct spool_rcpt_update *u = xcalloc(cnt, sizeof(*u));
+            for (size_t r = 0; r < cnt; r++) {
+                u[r].rid = rids[r];
+                u[r].st.state = SPOOL_RCPT_DELETED;
+            }
+            uint64_t mid = e->mid;
+            queue_update(q, mid, u, cnt);
+            free(u);
+            if (spool_find(q->sp, mid) == NULL)
+                break; /* every recipient done: e is gone */
+            continue;
+        }
+        struct dest *d = queue_dest(q, rd[i].domain);
+        for (size_t off = 0; off < cnt; off += per) {
+            size_t m = cnt - off < per ? cnt - off : per;
+            struct job *j = job_new(q, d, e->mid, rids + off, m);
+            int64_t next = 0;
+            for (size_t r = 0; r < m; r++)
+                if (e->rstate[rids[off + r]].next_try > next)
+                    next = e->rstate[rids[off + r]].next_try;
+            if (next > now)
+                job_wait(q, j, next);
+            else
+                job_ready(q, j);
+        }
+        dest_kick(q, d);
+    }
+    free(rids);
+    free(rd);
+}
+
+static void on_committed(void *arg, const struct spool_entry *e)
+{
+    struct queue *q = arg;
+    if (!q->stopping)
+        workq_submit(q, e);
+}
+
+struct mid_list {
+    uint64_t *mids;
+    size_t n;
+};
+
+static bool collect_mid(void *arg, const struct spool_entry *e)
+{
+    struct mid_list *ml = arg;
+    ml->mids[ml->n++] = e->mid;
+    return true;
+}
+
+/* ---- life cycle ---- */
+
+struct queue *queue_new(struct event_base *base, struct moat_conf *conf,
+                        struct spool *sp, struct ids *ids, char *err,
+                        size_t errlen)
+{
+    struct queue *q = xcalloc(1, sizeof(*q));
+    q->base = base;
+    q->conf = conf_ref(conf);
+    q->sp = sp;
+    q->ids = ids;
+    q->res = resolver_new(base, &conf->resolver, err, errlen);
+    if (q->res == NULL) {
+        conf_unref(q->conf);
+        free(q);
+        return NULL;
+    }
+    q->timer = evtimer_new(base, on_timer, q);
+    hash_grow(q);
+    spool_set_notify(sp, on_committed, q);
+    /* Recovered messages: the spool index changes while they are
+     * submitted (a /dev/null route removes a message), so walk a copy of
+     * the MIDs. */
+    struct mid_list ml = {xmalloc((spool_count(sp) + 1) * sizeof(uint64_t)),
+                          0};
+    spool_foreach(sp, collect_mid, &ml);
+    for (size_t i = 0; i < ml.n; i++) {
+        const struct spool_entry *x = spool_find(sp, ml.mids[i]);
+        if (x)
+            workq_submit(q, x);
+    }
+    free(ml.mids);
+    return q;
+}
+
+void queue_set_conf(struct queue *q, struct moat_conf *conf)
+{
+    struct moat_conf *old = q->conf;
+    q->conf = conf_ref(conf);
+    conf_unref(old);
+    /* Limits may have grown: let every destination use them. */
+    for (size_t i = 0; i < q->hsize; i++)
+        for (struct dest *d = q->htab[i]; d; d = d->hnext)
+            dest_kick(q, d);
+}
+
+void queue_stop(struct queue *q)
+{
+    if (q->stopping)
+        return;
+    q->stopping = true;
+    /* The spool may outlive the queue's use of it; nothing new comes in.
+     * (DSN commits still report to bounce.c through their callbacks.) */
+    spool_set_notify(q->sp, NULL, NULL);
+    evtimer_del(q->timer);
+    for (size_t i = 0; i < q->hsize; i++)
+        for (struct dest *d = q->htab[i]; d; d = d->hnext)
+            while (!LIST_EMPTY(&d->conns))
+                conn_free(LIST_FIRST(&d->conns));
+}
+
+void queue_free(struct queue *q)
+{
+    if (q == NULL)
+        return;
+    queue_stop(q);
+    for (size_t i = 0; i < q->hsize; i++)
+        for (struct dest *d = q->htab[i], *next; d; d = next) {
+            next = d->hnext;
+            struct job *j;
+            while ((j = TAILQ_FIRST(&d->ready)) != NULL)
+                job_free(q, j);
+            free(d->domain);
+            free(d);
+        }
+    while (q->nheap > 0) {
+        struct job *j = q->heap[0];
+        heap_remove(q, j);
+        j->heap_at = SIZE_MAX;
+        free(j->rids);
+        free(j);
+    }
+    free(q->heap);
+    free(q->htab);
+    event_free(q->timer);
+    resolver_free(q->res);
+    conf_unref(q->conf);
+    free(q);
+}
+
+void queue_get_stats(const struct queue *q, struct queue_stats *st)
+{
+    *st = q->st;
+}

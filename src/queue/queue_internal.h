@@ -1,0 +1,126 @@
+/*
+ * queue_internal.h - private to src/queue: the queue's structures, shared
+ * by queue.c (work queue, scheduler, connections, outcomes), bounce.c
+ * (DSN generation) and queue_admin.c (moatctl commands).
+ */
+#ifndef MOAT_QUEUE_INTERNAL_H
+#define MOAT_QUEUE_INTERNAL_H
+
+#include "core/ids.h"
+#include "core/mlog.h"
+#include "delivery/resolve.h"
+#include "delivery/smtpc.h"
+#include "queue/queue.h"
+#include "spool/spool.h"
+
+#include <sys/queue.h>
+
+#define QERR_MAX 300 /* last error text kept */
+
+enum job_state { JOB_READY, JOB_WAIT, JOB_ACTIVE };
+
+/* Some recipients of one message for one destination. */
+struct job {
+    TAILQ_ENTRY(job) link; /* in its destination's ready list */
+    struct dest *d;
+    uint64_t mid;
+    size_t nrid;
+    unsigned *rids;
+    int64_t next_try;      /* JOB_WAIT: when it becomes ready */
+    size_t heap_at;        /* position in the retry heap */
+    enum job_state state;
+    bool kill_delete;      /* admin: delete when the delivery ends */
+    bool kill_bounce;      /* admin: bounce when the delivery ends */
+    char last_error[QERR_MAX];
+};
+
+TAILQ_HEAD(job_list, job);
+
+enum conn_state { C_RESOLVING, C_CONNECTING, C_IDLE, C_BUSY };
+
+/* One delivery connection (and, before it, its next-hop lookup). */
+struct conn {
+    LIST_ENTRY(conn) link;
+    struct queue *q;
+    struct dest *d;
+    uint64_t dcid;
+    enum conn_state st;
+    bool starting;             /* counted in d->nstarting */
+    struct resolve_req *rq;
+    struct nexthop *nh;
+    size_t ai;                 /* next address to try */
+    struct smtpc *c;
+    struct job *job;           /* being delivered */
+    struct spool_reader *rd;
+    const char **rcpt_ptrs;
+    unsigned sent;             /* transactions on this connection */
+    char err[QERR_MAX];        /* why the last address failed */
+};
+
+/* One destination domain: its ready jobs, connections and counters. */
+struct dest {
+    char *domain;
+    struct dest *hnext;
+    struct job_list ready;
+    size_t nready;
+    LIST_HEAD(, conn) conns;
+    size_t nconns, nstarting;
+    size_t active_rcpts;       /* recipients in its jobs */
+    uint64_t delivered, soft, hard;
+    int64_t down_until;        /* after a failed attempt: hold jobs */
+    int64_t last_activity;
+    char last_error[QERR_MAX];
+};
+
+struct queue {
+    struct event_base *base;
+    struct moat_conf *conf;
+    struct spool *sp;
+    struct ids *ids;
+    struct resolver *res;
+    struct dest **htab;
+    size_t hsize, ndest;
+    struct job **heap;         /* waiting jobs, by next_try */
+    size_t nheap, heapcap;
+    struct event *timer;
+    struct queue_stats st;
+    bool stopping;
+};
+
+/* queue.c */
+struct dest *queue_dest(struct queue *q, const char *domain);
+struct job *job_new(struct queue *q, struct dest *d, uint64_t mid,
+                    const unsigned *rids, size_t n);
+void job_free(struct queue *q, struct job *j);
+void job_ready(struct queue *q, struct job *j);
+void job_wait(struct queue *q, struct job *j, int64_t when);
+void job_unlink(struct queue *q, struct job *j);
+void dest_kick(struct queue *q, struct dest *d);
+const struct conf_bounce_profile *queue_profile(const struct queue *q,
+                                                const struct dest *d);
+/* Record final or retry states; logs "Message finished" when the
+ * message leaves the spool. */
+void queue_update(struct queue *q, uint64_t mid,
+                  const struct spool_rcpt_update *u, size_t n);
+int64_t queue_now(void);
+
+/* One hard-bounced recipient. reply (the server's, "550 5.1.1 ...") or
+ * reason (moat's, "5.4.7 - Delivery expired ...") explains it. */
+struct bounce_rcpt {
+    unsigned rid;
+    const char *status;
+    const char *reason;
+    const char *reply; /* may be NULL */
+};
+
+/* bounce.c: hard bounce recipients of mid (already logged as Bounced):
+ * one DSN for them all (or the double bounce logged), and the recipients
+ * marked bounced once that is safe. remote may be NULL. */
+void queue_bounce(struct queue *q, uint64_t mid, const struct bounce_rcpt *br,
+                  size_t n, const char *remote);
+/* The same for recipients sharing one reason. */
+void queue_bounce_all(struct queue *q, uint64_t mid, const unsigned *rids,
+                      size_t n, const char *status, const char *reason,
+                      const char *reply);
+
+#endif
