@@ -14,6 +14,7 @@ help:
 	@echo "make run           install packages, build, run moatd on the built-in configuration"
 	@echo "make test          install packages, build with ASan+UBSan, run unit and integration tests"
 	@echo "make bench-accept  durable acceptance benchmark against Postfix"
+	@echo "make bench         end-to-end relay benchmark against Postfix"
 	@echo "make fuzz          build the configuration parser's fuzz target (clang)"
 	@echo "make clean         remove build directories"
 
@@ -53,6 +54,10 @@ unit:
 bench-accept: build
 	@sh scripts/install-deps.sh bench
 	bash bench/bench-accept.sh $(BUILD)/moatd
+
+bench: build
+	@sh scripts/install-deps.sh bench
+	bash bench/bench-relay.sh $(BUILD)/moatd
 
 fuzz:
 	CC=clang meson setup build-fuzz -Dfuzz=true -Dtests=false \

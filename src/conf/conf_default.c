@@ -37,4 +37,11 @@ const char conf_default_text[] =
     "rat \"IncomingMail\" {\n"
     "    \"example.com\" = accept;\n"
     "    \"ALL\" = reject;\n"
+    "}\n"
+    "\n"
+    "# Where accepted mail for example.com goes: your mail server (here a\n"
+    "# port on loopback; start any SMTP server there to receive it). Other\n"
+    "# domains are delivered to their MX hosts.\n"
+    "smtp_route \"example.com\" {\n"
+    "    hosts = [\"127.0.0.1:2626\"];\n"
     "}\n";
