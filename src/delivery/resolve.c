@@ -439,6 +439,17 @@ static void on_answer(void *arg, int rcode, void *pkt, int len, int sec,
         return;
     }
     struct target *tg = &q->targets[qq->t];
+    if (rcode == 0 && pkt != NULL) {
+        /* The event API reports NXDOMAIN in the packet's header, not in
+         * rcode: read it from there. */
+        struct dns_msg_info info;
+        char err[128];
+        if (dns_wire_parse(pkt, (size_t)len, &info, NULL, NULL, err,
+                           sizeof(err)) != 0)
+            rcode = DNS_R_SERVFAIL;
+        else
+            rcode = (int)info.rcode;
+    }
     const char *qtype = qq->type == DNS_T_MX ? "MX"
                         : qq->type == DNS_T_A ? "A"
                                               : "AAAA";

@@ -73,6 +73,7 @@ struct smtpc {
     bool at_bol, last_lf, content_eof;
     enum smtpc_fail pending_fail;
     bool *alive; /* cleared by smtpc_free (see on_read) */
+    bool quitting; /* smtpc_quit was called */
 };
 
 const char *smtpc_fail_name(enum smtpc_fail f)
@@ -353,6 +354,14 @@ static void txn_reply(struct smtpc *c, const struct smtpc_reply *r)
     }
 }
 
+/* The QUIT exchange is over (or gave up): tell the owner, free. */
+static void quit_done(struct smtpc *c)
+{
+    if (c->quitting && c->cb.closed)
+        c->cb.closed(c->arg, c);
+    smtpc_free(c);
+}
+
 /* A complete reply: dispatch by state. The owner may free c inside a
  * callback, so every path that calls one returns right after. */
 static void on_reply(struct smtpc *c, const struct smtpc_reply *r)
@@ -412,7 +421,7 @@ static void on_reply(struct smtpc *c, const struct smtpc_reply *r)
         c->cb.txn_done(c->arg, c, &c->res);
         return;
     case ST_QUIT:
-        smtpc_free(c);
+        quit_done(c);
         return;
     case ST_READY:
     case ST_CONNECTING:
@@ -577,7 +586,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (c->state == ST_QUIT) {
-        smtpc_free(c);
+        quit_done(c);
         return;
     }
     enum smtpc_fail f = SMTPC_NETWORK;
@@ -598,6 +607,13 @@ static void on_notify(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     fail(c, c->pending_fail, NULL);
+}
+
+static void on_quit_notify(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    quit_done(arg);
 }
 
 /* ---- interface ---- */
@@ -662,10 +678,18 @@ void smtpc_send(struct smtpc *c, const struct smtpc_txn *t)
 void smtpc_quit(struct smtpc *c)
 {
     if (c->state == ST_CONNECTING || c->bev == NULL) {
-        smtpc_free(c);
+        /* Nothing to say; report the close from the loop, not from here. */
+        c->quitting = true;
+        c->state = ST_QUIT;
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        struct timeval now = {0, 0};
+        evtimer_del(c->notify);
+        event_assign(c->notify, c->base, -1, 0, on_quit_notify, c);
+        evtimer_add(c->notify, &now);
         return;
     }
     c->state = ST_QUIT;
+    c->quitting = true;
     send_line(c, "QUIT");
     set_read_timeout(c, QUIT_WAIT);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);

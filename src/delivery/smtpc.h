@@ -116,6 +116,9 @@ struct smtpc_callbacks {
     /* A transaction finished (res->fail says whether the connection is
      * still usable: SMTPC_OK means yes). */
     void (*txn_done)(void *arg, struct smtpc *c, const struct smtpc_result *res);
+    /* Optional: after smtpc_quit(), the connection is closed (221, EOF or
+     * QUIT_WAIT passed) and about to be freed by smtpc itself. */
+    void (*closed)(void *arg, struct smtpc *c);
 };
 
 /* Start connecting to sa. Returns NULL only on an immediate local error
@@ -126,7 +129,8 @@ struct smtpc *smtpc_connect(struct event_base *base,
                             const struct smtpc_callbacks *cb, void *arg);
 /* Send a transaction (only after ready() or a txn_done() with SMTPC_OK). */
 void smtpc_send(struct smtpc *c, const struct smtpc_txn *t);
-/* Say QUIT, wait briefly for the reply, close and free (no callbacks). */
+/* Say QUIT, wait briefly for the reply, close and free; only closed()
+ * is called (if set). */
 void smtpc_quit(struct smtpc *c);
 /* Close and free now (no callbacks). */
 void smtpc_free(struct smtpc *c);

@@ -21,6 +21,10 @@
 #include <event2/event.h>
 
 #define HASH_INIT 64
+/* A connection with nothing to do waits this long for the next job before
+ * it says QUIT (as Postfix's connection cache does): mail that arrives a
+ * moment later does not pay for a new connection. */
+#define IDLE_CACHE_SECS 2
 
 int64_t queue_now(void)
 {
@@ -416,6 +420,8 @@ static void conn_free(struct conn *cn)
     }
     if (cn->rq)
         resolve_cancel(cn->rq);
+    if (cn->idle_ev)
+        event_free(cn->idle_ev);
     if (cn->c)
         smtpc_free(cn->c);
     if (cn->job) {
@@ -431,7 +437,9 @@ static void conn_free(struct conn *cn)
     free(cn);
 }
 
-/* Close a connection and let the destination start another if needed. */
+/* Close a connection and let the destination start another if needed.
+ * With quit, the connection says QUIT first and keeps counting against
+ * the destination's concurrency until the server has closed it. */
 static void conn_done(struct conn *cn, bool quit)
 {
     struct queue *q = cn->q;
@@ -439,9 +447,21 @@ static void conn_done(struct conn *cn, bool quit)
     if (cn->c && cn->st != C_RESOLVING && cn->st != C_CONNECTING)
         mlog_dcid_close(cn->dcid);
     if (quit && cn->c) {
-        smtpc_quit(cn->c); /* frees itself */
-        cn->c = NULL;
+        cn->st = C_QUITTING;
+        smtpc_quit(cn->c); /* calls on_closed, then frees itself */
+        return;
     }
+    conn_free(cn);
+    dest_kick(q, d);
+}
+
+static void on_closed(void *arg, struct smtpc *c)
+{
+    struct conn *cn = arg;
+    struct queue *q = cn->q;
+    struct dest *d = cn->d;
+    (void)c;
+    cn->c = NULL; /* smtpc frees itself */
     conn_free(cn);
     dest_kick(q, d);
 }
@@ -685,17 +705,40 @@ static void job_refuse(struct conn *cn, struct job *j, const char *status,
     job_free(q, j);
 }
 
-/* Give the connection its next job, or say QUIT. */
+static void on_idle_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *cn = arg;
+    (void)fd;
+    (void)what;
+    cn->parked = false;
+    conn_done(cn, true);
+}
+
+/* Give the connection its next job; park it when there is none yet; say
+ * QUIT when it has carried its share. */
 static void conn_next(struct conn *cn)
 {
     struct queue *q = cn->q;
     struct dest *d = cn->d;
     const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    if (cn->parked) {
+        cn->parked = false;
+        evtimer_del(cn->idle_ev);
+    }
     for (;;) {
         struct job *j = TAILQ_FIRST(&d->ready);
-        if (j == NULL || cn->sent >= dc->messages_per_connection ||
-            q->stopping || q->conf->delivery.suspended) {
+        if (cn->sent >= dc->messages_per_connection || q->stopping ||
+            q->conf->delivery.suspended) {
             conn_done(cn, true);
+            return;
+        }
+        if (j == NULL) {
+            if (cn->idle_ev == NULL)
+                cn->idle_ev = evtimer_new(q->base, on_idle_timeout, cn);
+            struct timeval tv = {IDLE_CACHE_SECS, 0};
+            cn->parked = true;
+            cn->st = C_IDLE;
+            evtimer_add(cn->idle_ev, &tv);
             return;
         }
         job_unlink(q, j);
@@ -753,6 +796,8 @@ static void conn_next(struct conn *cn)
     }
 }
 
+static void on_closed(void *arg, struct smtpc *c);
+
 static void on_connected(void *arg, struct smtpc *c)
 {
     struct conn *cn = arg;
@@ -770,6 +815,7 @@ static void on_ready(void *arg, struct smtpc *c)
     }
     cn->st = C_IDLE;
     cn->d->down_until = 0;
+    cn->d->conn_fail = 0;
     conn_next(cn);
 }
 
@@ -817,6 +863,7 @@ static const struct smtpc_callbacks conn_cbs = {
     .ready = on_ready,
     .failed = on_failed,
     .txn_done = on_txn_done,
+    .closed = on_closed,
 };
 
 /* Every address failed before a session was up. */
@@ -829,6 +876,7 @@ static void conn_all_failed(struct conn *cn)
     LIST_FOREACH(o, &d->conns, link)
         others |= o != cn && (o->st == C_IDLE || o->st == C_BUSY);
     str_copy(d->last_error, sizeof(d->last_error), cn->err);
+    d->conn_fail++;
     uint64_t dcid = cn->dcid;
     char err[QERR_MAX];
     str_copy(err, sizeof(err), cn->err);
@@ -927,8 +975,25 @@ void dest_kick(struct queue *q, struct dest *d)
         if (d->nconns == 0)
             return;
     }
+    /* Parked connections first: they are up already. */
+    while (d->nready > 0) {
+        struct conn *cn;
+        LIST_FOREACH(cn, &d->conns, link)
+            if (cn->parked)
+                break;
+        if (cn == NULL)
+            break;
+        /* Unparks it or closes it, and may change the list: rescan. */
+        conn_next(cn);
+    }
     const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
-    while (d->nready > d->nstarting && d->nconns < dc->concurrency)
+    size_t limit = dc->concurrency;
+    if (d->conn_fail > 0)
+        /* A connection failed (refused, 421 greeting, ...) and none has
+         * worked since: the ones alive carry on, and otherwise one probe
+         * at a time, instead of a reconnect storm. */
+        limit = d->nconns > 0 ? d->nconns : 1;
+    while (d->nready > d->nstarting && d->nconns < limit)
         conn_start(q, d);
 }
 

@@ -36,7 +36,7 @@ struct job {
 
 TAILQ_HEAD(job_list, job);
 
-enum conn_state { C_RESOLVING, C_CONNECTING, C_IDLE, C_BUSY };
+enum conn_state { C_RESOLVING, C_CONNECTING, C_IDLE, C_BUSY, C_QUITTING };
 
 /* One delivery connection (and, before it, its next-hop lookup). */
 struct conn {
@@ -54,6 +54,8 @@ struct conn {
     struct spool_reader *rd;
     const char **rcpt_ptrs;
     unsigned sent;             /* transactions on this connection */
+    bool parked;               /* idle, waiting for a job (IDLE_CACHE_SECS) */
+    struct event *idle_ev;
     char err[QERR_MAX];        /* why the last address failed */
 };
 
@@ -68,6 +70,8 @@ struct dest {
     size_t active_rcpts;       /* recipients in its jobs */
     uint64_t delivered, soft, hard;
     int64_t down_until;        /* after a failed attempt: hold jobs */
+    unsigned conn_fail;        /* connections failed since the last one
+                                  that worked: no new ones meanwhile */
     int64_t last_activity;
     char last_error[QERR_MAX];
 };
