@@ -190,9 +190,16 @@ static void result_reset(struct smtpc *c)
 
 /* Report a failure: to txn_done inside a transaction, else failed().
  * The owner may free c inside; the caller must return at once. */
+static void quit_done(struct smtpc *c);
+
 static void fail(struct smtpc *c, enum smtpc_fail f,
                  const struct smtpc_reply *r)
 {
+    if (c->quitting) {
+        /* Whatever went wrong, the connection was being closed anyway. */
+        quit_done(c);
+        return;
+    }
     enum state st = c->state;
     bufferevent_disable(c->bev, EV_READ | EV_WRITE);
     c->state = ST_QUIT;
@@ -312,8 +319,13 @@ static void txn_reply(struct smtpc *c, const struct smtpc_reply *r)
             txn_abandon(c);
             return;
         }
-        if (!pipelined)
+        if (!pipelined) {
+            if (c->txn.nrcpt == 0) {
+                txn_abandon(c);
+                return;
+            }
             send_rcpt(c, c->next_rcpt++);
+        }
         return;
     }
     if (c->want_rcpt < c->txn.nrcpt) {
@@ -523,7 +535,8 @@ static void on_read(struct bufferevent *bev, void *arg)
         char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
         if (line == NULL) {
             c->alive = NULL;
-            if (evbuffer_get_length(in) > SMTPC_LINE_MAX) {
+            /* A partial line may hold its CR already: + 2 for CRLF. */
+            if (evbuffer_get_length(in) > SMTPC_LINE_MAX + 2) {
                 struct smtpc_reply r = {0};
                 rep_add_text(&r, "reply line too long", 19);
                 fail(c, SMTPC_PROTOCOL, &r);
@@ -578,6 +591,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     struct smtpc *c = arg;
     (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
+        if (c->quitting)
+            return; /* smtpc_quit while connecting: the timer closes it */
         note_local(c);
         c->state = ST_GREETING;
         set_read_timeout(c, c->cfg.greeting_timeout);

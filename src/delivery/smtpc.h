@@ -121,8 +121,9 @@ struct smtpc_callbacks {
     void (*closed)(void *arg, struct smtpc *c);
 };
 
-/* Start connecting to sa. Returns NULL only on an immediate local error
- * (errno set); a refused connection is reported through failed(). */
+/* Start connecting to sa. Returns NULL only when memory runs out (errno
+ * set); every connection error, even one known at once (EINVAL,
+ * ENETUNREACH), is reported later through failed(). */
 struct smtpc *smtpc_connect(struct event_base *base,
                             const struct smtpc_config *cfg,
                             const struct sockaddr *sa, socklen_t salen,
