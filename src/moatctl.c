@@ -235,8 +235,21 @@ int main(int argc, char **argv)
         print_wrapped(cmd->help);
         return 0;
     }
-    if (nrest > 0) {
-        fprintf(stderr, "moatctl: %s takes no arguments\n", cmd->name);
+    /* usage "" takes nothing; "[X]" at most one; "X" exactly one. */
+    int max_args = cmd->usage[0] ? 1 : 0;
+    bool required = cmd->usage[0] && cmd->usage[0] != '[';
+    if (nrest > max_args || (required && nrest == 0)) {
+        if (max_args == 0)
+            fprintf(stderr, "moatctl: %s takes no arguments\n", cmd->name);
+        else
+            fprintf(stderr, "usage: moatctl %s %s\n", cmd->name, cmd->usage);
+        return 2;
+    }
+    char req[CONTROL_LINE_MAX];
+    if (!str_printf(req, sizeof(req), "%s%s%s", cmd->name, nrest ? " " : "",
+                    nrest ? rest[0] : "") ||
+        strpbrk(req, "\r\n")) {
+        fprintf(stderr, "moatctl: argument too long or holding a line break\n");
         return 2;
     }
     char *sock_alloc = NULL;
@@ -264,7 +277,7 @@ int main(int argc, char **argv)
         }
         sock = sock_alloc;
     }
-    int rc = request(sock, cmd->name);
+    int rc = request(sock, req);
     free(sock_alloc);
     return rc;
 }

@@ -39,6 +39,7 @@ enum state {
     ST_DOT,     /* waiting for the reply to the final dot */
     ST_RSET,    /* waiting for the reply to RSET, then txn_done */
     ST_QUIT,
+    ST_GREET_QUIT, /* greeting refused; QUIT sent, reply awaited */
 };
 
 /* What a reply in the pipeline answers. */
@@ -74,6 +75,7 @@ struct smtpc {
     enum smtpc_fail pending_fail;
     bool *alive; /* cleared by smtpc_free (see on_read) */
     bool quitting; /* smtpc_quit was called */
+    struct smtpc_reply greet; /* a refusing greeting, reported after QUIT */
 };
 
 const char *smtpc_fail_name(enum smtpc_fail f)
@@ -378,17 +380,35 @@ static void quit_done(struct smtpc *c)
  * callback, so every path that calls one returns right after. */
 static void on_reply(struct smtpc *c, const struct smtpc_reply *r)
 {
-    if (r->code == 421 && c->state != ST_QUIT) {
-        /* The server is going away: whatever we asked, it is over. */
-        if (c->state == ST_TXN && c->want_mail)
-            c->res.mail = *r;
+    if (r->code == 421 && c->state != ST_QUIT && c->state != ST_GREET_QUIT) {
+        /* The server is going away: whatever we asked, it is over. The
+         * reply answers the oldest command outstanding. */
+        if (c->state == ST_TXN) {
+            if (c->want_mail)
+                c->res.mail = *r;
+            else if (c->want_rcpt < c->txn.nrcpt)
+                c->res.rcpt[c->want_rcpt] = *r;
+            else if (c->want_data)
+                c->res.data = *r;
+        } else if (c->state == ST_CONTENT || c->state == ST_DOT) {
+            c->res.done = *r;
+        }
         fail(c, SMTPC_SHUTDOWN, r);
         return;
     }
     switch (c->state) {
     case ST_GREETING:
         if (r->code / 100 != 2) {
-            fail(c, SMTPC_GREETING, r);
+            if (r->code == 421) {
+                fail(c, SMTPC_SHUTDOWN, r);
+                return;
+            }
+            /* RFC 5321 3.1: a 554 greeting waits for our QUIT. Report
+             * the refusal once that is answered (or the server closes). */
+            c->greet = *r;
+            c->state = ST_GREET_QUIT;
+            send_line(c, "QUIT");
+            set_read_timeout(c, QUIT_WAIT);
             return;
         }
         c->state = ST_EHLO;
@@ -434,6 +454,9 @@ static void on_reply(struct smtpc *c, const struct smtpc_reply *r)
         return;
     case ST_QUIT:
         quit_done(c);
+        return;
+    case ST_GREET_QUIT:
+        fail(c, SMTPC_GREETING, &c->greet);
         return;
     case ST_READY:
     case ST_CONNECTING:
@@ -602,6 +625,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     }
     if (c->state == ST_QUIT) {
         quit_done(c);
+        return;
+    }
+    if (c->state == ST_GREET_QUIT) {
+        fail(c, SMTPC_GREETING, &c->greet); /* closed or timed out after QUIT */
         return;
     }
     enum smtpc_fail f = SMTPC_NETWORK;

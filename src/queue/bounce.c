@@ -54,8 +54,8 @@ static void on_dsn_committed(void *arg, uint64_t newmid, int err)
         const struct spool_entry *e = spool_find(q->sp, p->mid);
         if (e && p->n > 0) {
             char dom[256];
-            const char *at = strrchr(e->rcpts[p->rids[0]], '@');
-            str_copy(dom, sizeof(dom), at ? at + 1 : q->conf->hostname);
+            queue_addr_domain(e->rcpts[p->rids[0]], q->conf->hostname, dom,
+                              sizeof(dom));
             struct dest *d = queue_dest(q, dom);
             struct job *j = job_new(q, d, p->mid, p->rids, p->n);
             job_wait(q, j, queue_now() + queue_profile(q, d)->initial_retry);
@@ -63,6 +63,16 @@ static void on_dsn_committed(void *arg, uint64_t newmid, int err)
     }
     free(p->rids);
     free(p);
+}
+
+/* "5.1.1 - Bad destination mailbox address" without its "5.1.1 - ",
+ * for the log line that prints the status itself. */
+static const char *bare_reason(const char *status, const char *reason)
+{
+    size_t n = strlen(status);
+    if (strncmp(reason, status, n) == 0 && strncmp(reason + n, " - ", 3) == 0)
+        return reason + n + 3;
+    return reason;
 }
 
 /* Read the first `max` bytes of a message's content. */
@@ -106,14 +116,14 @@ void queue_bounce(struct queue *q, uint64_t mid, const struct bounce_rcpt *br,
     for (size_t i = 0; i < n; i++)
         rids[i] = br[i].rid;
     char dom[256];
-    const char *at = strrchr(e->rcpts[rids[0]], '@');
-    str_copy(dom, sizeof(dom), at ? at + 1 : q->conf->hostname);
+    queue_addr_domain(e->rcpts[rids[0]], q->conf->hostname, dom, sizeof(dom));
     const struct conf_bounce_profile *prof =
         queue_profile(q, queue_dest(q, dom));
     if (e->mail_from[0] == '\0') {
         /* Never bounce a bounce. */
         for (size_t i = 0; i < n; i++)
-            mlog_double_bounce(mid, rids[i], br[i].status, br[i].reason);
+            mlog_double_bounce(mid, rids[i], br[i].status,
+                               bare_reason(br[i].status, br[i].reason));
         q->st.double_bounces += n;
         mark_bounced(q, mid, rids, n);
         free(rids);
@@ -177,7 +187,8 @@ void queue_bounce(struct queue *q, uint64_t mid, const struct bounce_rcpt *br,
         mlog_system(MLOG_WARNING, "MID %llu: no bounce possible: %s",
                     (unsigned long long)mid, err);
         for (size_t i = 0; i < n; i++)
-            mlog_double_bounce(mid, rids[i], br[i].status, br[i].reason);
+            mlog_double_bounce(mid, rids[i], br[i].status,
+                               bare_reason(br[i].status, br[i].reason));
         q->st.double_bounces += n;
         mark_bounced(q, mid, rids, n);
         buf_free(&msg);

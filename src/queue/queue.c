@@ -260,8 +260,25 @@ void queue_update(struct queue *q, uint64_t mid,
         mlog_mid_finished(mid, false);
 }
 
+void queue_delete_rcpts(struct queue *q, uint64_t mid, const unsigned *rids,
+                        size_t n)
+{
+    mlog_mid_deleted(mid, rids, n, "deleted by administrator");
+    q->st.deleted += n;
+    struct spool_rcpt_update *u = xcalloc(n + 1, sizeof(*u));
+    for (size_t i = 0; i < n; i++) {
+        u[i].rid = rids[i];
+        u[i].st.state = SPOOL_RCPT_DELETED;
+    }
+    bool removed = false;
+    spool_rcpt_update(q->sp, mid, u, n, &removed);
+    if (removed)
+        mlog_mid_finished(mid, true);
+    free(u);
+}
+
 /* The domain part of an address, lower case, into out. */
-static void addr_domain(const char *addr, const char *fallback, char *out,
+void queue_addr_domain(const char *addr, const char *fallback, char *out,
                         size_t outlen)
 {
     const char *at = strrchr(addr, '@');
@@ -338,8 +355,6 @@ static bool soft_fail(struct queue *q, struct dest *d, uint64_t dcid,
             attempts = e->rstate[rids[i]].attempts;
     attempts++;
     int64_t when = now + retry_wait(p, attempts);
-    d->soft += n;
-    q->st.soft_bounced += n;
     str_printf(d->last_error, sizeof(d->last_error), "%s - %s ('%s', ['%s'])",
                status, reason, code, text);
     if (attempts > p->max_retries ||
@@ -361,6 +376,8 @@ static bool soft_fail(struct queue *q, struct dest *d, uint64_t dcid,
         queue_bounce_all(q, mid, rids, n, "5.4.7", why, NULL);
         return true;
     }
+    d->soft += n;
+    q->st.soft_bounced += n;
     struct spool_rcpt_update *u = xcalloc(n, sizeof(*u));
     for (size_t i = 0; i < n; i++) {
         mlog_bounced(true, dcid, mid, rids[i], status, reason, code, text);
@@ -380,11 +397,15 @@ static bool soft_fail(struct queue *q, struct dest *d, uint64_t dcid,
  * nothing delivered). hard: bounce them all. */
 static void dest_fail_ready(struct queue *q, struct dest *d, bool hard,
                             uint64_t dcid, const char *status,
-                            const char *reason, const char *text)
+                            const char *reason, const char *text,
+                            struct job *only)
 {
     struct job *j;
     int64_t hold = 0;
     while ((j = TAILQ_FIRST(&d->ready)) != NULL) {
+        bool last = only != NULL;
+        if (only && j != only)
+            break;
         job_unlink(q, j);
         str_copy(j->last_error, sizeof(j->last_error), text);
         if (hard) {
@@ -392,17 +413,23 @@ static void dest_fail_ready(struct queue *q, struct dest *d, bool hard,
             bounce_local(q, dcid, j->mid, j->rids, j->nrid, status, reason,
                          "000", text, true);
             job_free(q, j);
+            if (last)
+                return;
             continue;
         }
         int64_t when = 0;
         if (soft_fail(q, d, dcid, j->mid, j->rids, j->nrid, status, reason,
                       "000", text, &when)) {
             job_free(q, j);
+            if (last)
+                return;
             continue;
         }
         if (hold == 0 || when < hold)
             hold = when;
         job_wait(q, j, when);
+        if (last)
+            return; /* one job charged; the destination is not down */
     }
     if (!hard && hold)
         d->down_until = hold;
@@ -444,8 +471,10 @@ static void conn_done(struct conn *cn, bool quit)
 {
     struct queue *q = cn->q;
     struct dest *d = cn->d;
-    if (cn->c && cn->st != C_RESOLVING && cn->st != C_CONNECTING)
+    if (cn->c && cn->logged_new) {
         mlog_dcid_close(cn->dcid);
+        cn->logged_new = false;
+    }
     if (quit && cn->c) {
         cn->st = C_QUITTING;
         smtpc_quit(cn->c); /* calls on_closed, then frees itself */
@@ -665,16 +694,7 @@ static void job_result(struct conn *cn, const struct smtpc_result *res)
                 queue_bounce_all(q, j->mid, soft, nsoft, "5.3.0",
                                  "5.3.0 - Bounced by administrator", NULL);
             } else {
-                mlog_mid_deleted(j->mid, soft, nsoft,
-                                 "deleted by administrator");
-                q->st.deleted += nsoft;
-                struct spool_rcpt_update *u = xcalloc(nsoft, sizeof(*u));
-                for (size_t i = 0; i < nsoft; i++) {
-                    u[i].rid = soft[i];
-                    u[i].st.state = SPOOL_RCPT_DELETED;
-                }
-                queue_update(q, j->mid, u, nsoft);
-                free(u);
+                queue_delete_rcpts(q, j->mid, soft, nsoft);
             }
         } else {
             int64_t when = 0;
@@ -692,6 +712,29 @@ static void job_result(struct conn *cn, const struct smtpc_result *res)
     free(hard);
     free(soft);
     job_free(q, j);
+}
+
+static bool non_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80)
+            return true;
+    return false;
+}
+
+/* Does this job's envelope (sender, its recipients) need SMTPUTF8? A
+ * message received with SMTPUTF8 but all-ASCII addresses goes without it
+ * to a server that does not offer it (RFC 6531 3.4 leaves headers to the
+ * receiver; Postfix does the same). */
+static bool envelope_needs_utf8(const struct spool_entry *e,
+                                const struct job *j)
+{
+    if (non_ascii(e->mail_from))
+        return true;
+    for (size_t i = 0; i < j->nrid; i++)
+        if (non_ascii(e->rcpts[j->rids[i]]))
+            return true;
+    return false;
 }
 
 /* Bounce (or delete) a job that cannot be sent as it is. */
@@ -726,9 +769,14 @@ static void conn_next(struct conn *cn)
         evtimer_del(cn->idle_ev);
     }
     for (;;) {
-        struct job *j = TAILQ_FIRST(&d->ready);
+        struct job *j = cn->job ? cn->job : TAILQ_FIRST(&d->ready);
+        cn->job = NULL;
         if (cn->sent >= dc->messages_per_connection || q->stopping ||
-            q->conf->delivery.suspended) {
+            q->conf->delivery.suspended || cn->gen != q->gen) {
+            /* Done, or the configuration changed (routes, limits): a new
+             * connection picks up from here. */
+            if (j && j->state == JOB_ACTIVE)
+                job_ready(q, j);
             conn_done(cn, true);
             return;
         }
@@ -741,7 +789,8 @@ static void conn_next(struct conn *cn)
             evtimer_add(cn->idle_ev, &tv);
             return;
         }
-        job_unlink(q, j);
+        if (j->state != JOB_ACTIVE)
+            job_unlink(q, j);
         const struct spool_entry *e = spool_find(q->sp, j->mid);
         if (e == NULL) {
             job_free(q, j);
@@ -753,7 +802,8 @@ static void conn_next(struct conn *cn)
             job_refuse(cn, j, "5.3.4", "Message too big for system");
             continue;
         }
-        if ((e->flags & SPOOL_F_SMTPUTF8) && !(caps & SMTPC_CAP_SMTPUTF8)) {
+        if ((e->flags & SPOOL_F_SMTPUTF8) && !(caps & SMTPC_CAP_SMTPUTF8) &&
+            envelope_needs_utf8(e, j)) {
             job_refuse(cn, j, "5.6.7",
                        "Non-ASCII addresses not permitted for that recipient");
             continue;
@@ -783,7 +833,8 @@ static void conn_next(struct conn *cn)
         struct smtpc_txn t = {
             .mail_from = e->mail_from,
             .body_8bit = (e->flags & SPOOL_F_8BITMIME) != 0,
-            .smtputf8 = (e->flags & SPOOL_F_SMTPUTF8) != 0,
+            .smtputf8 = (e->flags & SPOOL_F_SMTPUTF8) != 0 &&
+                        envelope_needs_utf8(e, j),
             .size = e->size,
             .nrcpt = j->nrid,
             .rcpts = cn->rcpt_ptrs,
@@ -803,6 +854,7 @@ static void on_connected(void *arg, struct smtpc *c)
     struct conn *cn = arg;
     const struct nexthop_addr *a = &cn->nh->addrs[cn->ai - 1];
     mlog_dcid_new(cn->dcid, smtpc_local_ip(c), a->ip, a->port);
+    cn->logged_new = true;
 }
 
 static void on_ready(void *arg, struct smtpc *c)
@@ -837,6 +889,10 @@ static void on_failed(void *arg, struct smtpc *c, enum smtpc_fail f,
         str_copy(reason, sizeof(reason), smtpc_fail_name(f));
     mlog_connection_error(cn->dcid, cn->d->domain, a->ip, a->port,
                           fail_details(f), smtpc_local_ip(c), reason);
+    if (cn->logged_new) {
+        mlog_dcid_close(cn->dcid); /* refused at the greeting or EHLO */
+        cn->logged_new = false;
+    }
     str_printf(cn->err, sizeof(cn->err), "%s[%s]:%u: %s", a->host, a->ip,
                a->port, reason);
     smtpc_free(cn->c);
@@ -880,10 +936,19 @@ static void conn_all_failed(struct conn *cn)
     uint64_t dcid = cn->dcid;
     char err[QERR_MAX];
     str_copy(err, sizeof(err), cn->err);
+    /* The job this connection was opened for takes the failure; with no
+     * other connection working, so do the destination's other jobs. */
+    struct job *j = cn->job;
+    cn->job = NULL;
+    if (j) {
+        job_ready(q, j);
+        TAILQ_REMOVE(&d->ready, j, link); /* to the front: fail it first */
+        TAILQ_INSERT_HEAD(&d->ready, j, link);
+    }
     conn_free(cn);
-    if (!others)
+    if (!others || j)
         dest_fail_ready(q, d, false, dcid, "4.4.0", "Other network problem",
-                        err);
+                        err, others ? j : NULL);
     dest_kick(q, d);
 }
 
@@ -928,11 +993,18 @@ static void on_resolved(void *arg, const struct nexthop *nh)
                    hard ? "Hard" : "Temporary", nh->qname, nh->qtype,
                    nh->what);
         str_copy(d->last_error, sizeof(d->last_error), text);
+        struct job *j = cn->job;
+        cn->job = NULL;
+        if (j) {
+            job_ready(q, j);
+            TAILQ_REMOVE(&d->ready, j, link);
+            TAILQ_INSERT_HEAD(&d->ready, j, link);
+        }
         conn_free(cn);
         dest_fail_ready(q, d, hard, 0, hard ? nh->enh : "4.4.3",
                         hard ? status_reason(nh->enh)
                              : "Directory server failure",
-                        text);
+                        text, NULL);
         dest_kick(q, d);
         return;
     }
@@ -947,6 +1019,14 @@ static void conn_start(struct queue *q, struct dest *d)
     struct conn *cn = xcalloc(1, sizeof(*cn));
     cn->q = q;
     cn->d = d;
+    cn->gen = q->gen;
+    /* Every new connection is opened for a job, reserved for it now: no
+     * connection comes up to find its work taken by a faster one, and a
+     * connection that fails has a job to charge the failure to. */
+    struct job *j = TAILQ_FIRST(&d->ready);
+    job_unlink(q, j);
+    j->state = JOB_ACTIVE;
+    cn->job = j;
     cn->st = C_RESOLVING;
     cn->starting = true;
     d->nstarting++;
@@ -993,7 +1073,7 @@ void dest_kick(struct queue *q, struct dest *d)
          * worked since: the ones alive carry on, and otherwise one probe
          * at a time, instead of a reconnect storm. */
         limit = d->nconns > 0 ? d->nconns : 1;
-    while (d->nready > d->nstarting && d->nconns < limit)
+    while (d->nready > 0 && d->nconns < limit)
         conn_start(q, d);
 }
 
@@ -1021,7 +1101,7 @@ static void workq_submit(struct queue *q, const struct spool_entry *e)
     for (size_t i = 0; i < e->nrcpt; i++) {
         if (e->rstate[i].state != SPOOL_RCPT_PENDING)
             continue;
-        addr_domain(e->rcpts[i], q->conf->hostname, rd[n].domain,
+        queue_addr_domain(e->rcpts[i], q->conf->hostname, rd[n].domain,
                     sizeof(rd[n].domain));
         rd[n].rid = (unsigned)i;
         n++;
@@ -1127,10 +1207,22 @@ void queue_set_conf(struct queue *q, struct moat_conf *conf)
     struct moat_conf *old = q->conf;
     q->conf = conf_ref(conf);
     conf_unref(old);
-    /* Limits may have grown: let every destination use them. */
+    /* Connections opened under the old configuration (its routes, its
+     * limits) finish what they carry and close; idle ones close now. */
+    q->gen++;
     for (size_t i = 0; i < q->hsize; i++)
-        for (struct dest *d = q->htab[i]; d; d = d->hnext)
+        for (struct dest *d = q->htab[i]; d; d = d->hnext) {
+            for (;;) {
+                struct conn *cn;
+                LIST_FOREACH(cn, &d->conns, link)
+                    if (cn->parked)
+                        break;
+                if (cn == NULL)
+                    break;
+                conn_next(cn); /* sees the new generation: QUIT */
+            }
             dest_kick(q, d);
+        }
 }
 
 void queue_stop(struct queue *q)

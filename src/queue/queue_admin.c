@@ -232,7 +232,8 @@ bool queue_cmd_flush(struct queue *q, const char *args, struct buf *out)
     /* Walk a copy: making a job ready changes the heap. */
     struct job **w = xmalloc((q->nheap + 1) * sizeof(*w));
     size_t nw = q->nheap;
-    memcpy(w, q->heap, nw * sizeof(*w));
+    if (nw > 0)
+        memcpy(w, q->heap, nw * sizeof(*w));
     size_t moved = 0;
     for (size_t i = 0; i < nw; i++)
         if (dom[0] == '\0' || strcmp(w[i]->d->domain, dom) == 0) {
@@ -298,20 +299,12 @@ static void kill_job(struct queue *q, struct job *j, void *arg)
         job_free(q, j);
         return;
     }
-    mlog_mid_deleted(mid, j->rids, j->nrid, "deleted by administrator");
-    q->st.deleted += j->nrid;
-    struct spool_rcpt_update *u = xcalloc(j->nrid, sizeof(*u));
-    for (size_t i = 0; i < j->nrid; i++) {
-        u[i].rid = j->rids[i];
-        u[i].st.state = SPOOL_RCPT_DELETED;
-    }
     size_t n = j->nrid;
+    unsigned *rids = xmalloc(n * sizeof(*rids) + 1);
+    memcpy(rids, j->rids, n * sizeof(*rids));
     job_free(q, j);
-    bool removed = false;
-    spool_rcpt_update(q->sp, mid, u, n, &removed);
-    if (removed)
-        mlog_mid_finished(mid, true);
-    free(u);
+    queue_delete_rcpts(q, mid, rids, n);
+    free(rids);
 }
 
 static bool kill_cmd(struct queue *q, const char *args, struct buf *out,

@@ -55,6 +55,8 @@ struct conn {
     const char **rcpt_ptrs;
     unsigned sent;             /* transactions on this connection */
     bool parked;               /* idle, waiting for a job (IDLE_CACHE_SECS) */
+    bool logged_new;           /* "New SMTP DCID" written, "close" due */
+    unsigned gen;              /* q->gen when opened */
     struct event *idle_ev;
     char err[QERR_MAX];        /* why the last address failed */
 };
@@ -88,6 +90,7 @@ struct queue {
     size_t nheap, heapcap;
     struct event *timer;
     struct queue_stats st;
+    unsigned gen;              /* configuration generation */
     bool stopping;
 };
 
@@ -107,6 +110,14 @@ const struct conf_bounce_profile *queue_profile(const struct queue *q,
 void queue_update(struct queue *q, uint64_t mid,
                   const struct spool_rcpt_update *u, size_t n);
 int64_t queue_now(void);
+/* The domain of an address (fallback when it has none), lower case,
+ * without a trailing dot. */
+void queue_addr_domain(const char *addr, const char *fallback, char *out,
+                       size_t outlen);
+/* Administrative delete: log, record, and "Message finished ... aborted"
+ * when the message leaves the spool. */
+void queue_delete_rcpts(struct queue *q, uint64_t mid, const unsigned *rids,
+                        size_t n);
 
 /* One hard-bounced recipient. reply (the server's, "550 5.1.1 ...") or
  * reason (moat's, "5.4.7 - Delivery expired ...") explains it. */

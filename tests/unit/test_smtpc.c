@@ -1310,8 +1310,12 @@ static void test_greeting(void **state)
             EHLO_PLAIN,
             QUIT,
         };
+        /* A refusing (5xx) greeting gets QUIT first (RFC 5321 3.1). */
+        const struct step refusing[] = {{NULL, cases[i].greeting}, QUIT};
+        bool quits = cases[i].fail == SMTPC_GREETING;
         size_t n = cases[i].fail == SMTPC_OK ? ARRAY_LEN(script) : 1;
-        struct owner *o = dialogue(fx, script, n);
+        struct owner *o = quits ? dialogue(fx, refusing, 2)
+                                : dialogue(fx, script, n);
         o->on_ready = R_QUIT;
         talk(fx);
         if (cases[i].fail == SMTPC_OK) {
@@ -1325,10 +1329,13 @@ static void test_greeting(void **state)
         assert_int_equal(o->nfailed, 1);
         assert_int_equal(o->fail, cases[i].fail);
         assert_int_equal(o->reply.code, cases[i].code);
-        assert_int_equal(fx->srv.nseen, 0); /* no EHLO */
+        if (quits)
+            check_seen(&fx->srv, (const char *const[]){"QUIT", NULL});
+        else
+            assert_int_equal(fx->srv.nseen, 0); /* no EHLO */
     }
     /* The refused greeting's text comes back. */
-    const struct step refused[] = {{NULL, "554 no service here"}};
+    const struct step refused[] = {{NULL, "554 no service here"}, QUIT};
     struct owner *o = DIALOGUE(fx, refused);
     talk(fx);
     assert_int_equal(o->fail, SMTPC_GREETING);
