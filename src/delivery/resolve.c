@@ -22,6 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <unbound-event.h>
@@ -71,6 +74,7 @@ struct resolve_req {
     bool finished;   /* result decided (or cancelled) */
     bool cancelled;
     bool is_route;   /* targets are route hosts: one failing is not fatal */
+    bool timed_out;  /* the request's timer ran out */
     struct event *timer;
     struct event *done_ev;
     struct nexthop nh;
@@ -95,6 +99,12 @@ struct resolver *resolver_new(struct event_base *base,
                               const struct conf_resolver *rc, char *err,
                               size_t errlen)
 {
+    /* Equal MX preferences and route priorities are shuffled with
+     * random(): seed it, so gateways do not all pick the same host. */
+    unsigned seed;
+    if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+        seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+    srandom(seed);
     struct resolver *r = xcalloc(1, sizeof(*r));
     r->base = base;
     r->timeout = rc->timeout ? rc->timeout : 30;
@@ -259,9 +269,11 @@ static void build_result(struct resolve_req *q)
     if (nh->status == NH_OK) {
         /* Nothing usable: temporary if any lookup on the way was. */
         nh->status = temp ? NH_TEMP : NH_HARD;
-        if (nh->qname[0] == '\0' || q->is_route) {
+        if (nh->qname[0] == '\0' || q->is_route || q->timed_out) {
             str_copy(nh->what, sizeof(nh->what),
-                     temp ? "ServFail" : "no address record");
+                     q->timed_out ? "timeout"
+                     : temp       ? "ServFail"
+                                  : "no address record");
             if (nh->qname[0] == '\0' && q->ntargets > 0) {
                 str_copy(nh->qname, sizeof(nh->qname), q->targets[0].name);
                 str_copy(nh->qtype, sizeof(nh->qtype), "A");
@@ -322,8 +334,28 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     struct resolve_req *q = arg;
     (void)fd;
     (void)what;
-    const char *name = q->ntargets ? q->targets[0].name : "";
-    set_fail(q, NH_TEMP, name, "MX", "timeout", "4.4.3");
+    /* What has answered counts: a dead backup MX must not hide a live
+     * primary. Whatever is still out is a temporary failure. */
+    for (size_t t = 0; t < q->ntargets; t++) {
+        struct target *tg = &q->targets[t];
+        if (tg->nhosts == 0 && !tg->literal && !tg->hard) {
+            tg->temp = true;
+            if (q->nh.qname[0] == '\0') {
+                str_copy(q->nh.qname, sizeof(q->nh.qname), tg->name);
+                str_copy(q->nh.qtype, sizeof(q->nh.qtype), "MX");
+            }
+        }
+        for (size_t h = 0; h < tg->nhosts; h++)
+            if (tg->hosts[h].answered < 2) {
+                tg->hosts[h].temp = true;
+                if (q->nh.qname[0] == '\0') {
+                    str_copy(q->nh.qname, sizeof(q->nh.qname),
+                             tg->hosts[h].name);
+                    str_copy(q->nh.qtype, sizeof(q->nh.qtype), "A");
+                }
+            }
+    }
+    q->timed_out = true;
     finish(q);
 }
 
@@ -359,7 +391,10 @@ static void got_mx(struct resolve_req *q, size_t t, const uint8_t *pkt,
     size_t n = 0;
     char err[128];
     if (dns_wire_mx(pkt, len, NULL, mx, MAX_MX, &n, err, sizeof(err)) != 0) {
-        set_fail(q, NH_TEMP, tg->name, "MX", "bad answer", "4.4.3");
+        if (q->is_route)
+            tg->temp = true;
+        else
+            set_fail(q, NH_TEMP, tg->name, "MX", "bad answer", "4.4.3");
         return;
     }
     if (n == 1 && mx[0].host[0] == '\0') {
@@ -386,7 +421,10 @@ static void got_mx(struct resolve_req *q, size_t t, const uint8_t *pkt,
         h->port = tg->port;
     }
     if (tg->nhosts == 0) {
-        set_fail(q, NH_HARD, tg->name, "MX", "no usable MX host", "5.1.2");
+        if (q->is_route)
+            tg->hard = true;
+        else
+            set_fail(q, NH_HARD, tg->name, "MX", "no usable MX host", "5.1.2");
         return;
     }
     bool was = q->issuing;

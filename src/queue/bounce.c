@@ -23,6 +23,8 @@ struct pending_dsn {
     uint64_t mid; /* the original */
     size_t n;
     unsigned *rids;
+    char status[16];      /* to bounce again if the DSN is not queued */
+    char reason[QERR_MAX];
 };
 
 static void mark_bounced(struct queue *q, uint64_t mid, const unsigned *rids,
@@ -53,11 +55,15 @@ static void on_dsn_committed(void *arg, uint64_t newmid, int err)
                     strerror(err));
         const struct spool_entry *e = spool_find(q->sp, p->mid);
         if (e && p->n > 0) {
+            /* A job that bounces again when it comes due (bounce_status
+             * set), never one that is delivered. */
             char dom[256];
             queue_addr_domain(e->rcpts[p->rids[0]], q->conf->hostname, dom,
                               sizeof(dom));
             struct dest *d = queue_dest(q, dom);
             struct job *j = job_new(q, d, p->mid, p->rids, p->n);
+            str_copy(j->bounce_status, sizeof(j->bounce_status), p->status);
+            str_copy(j->last_error, sizeof(j->last_error), p->reason);
             job_wait(q, j, queue_now() + queue_profile(q, d)->initial_retry);
         }
     }
@@ -208,31 +214,32 @@ void queue_bounce(struct queue *q, uint64_t mid, const struct bounce_rcpt *br,
         .nrcpt = 1,
         .rcpts = to,
     };
+    struct pending_dsn *p = xcalloc(1, sizeof(*p));
+    p->q = q;
+    p->mid = mid;
+    p->n = n;
+    p->rids = rids; /* the pending DSN owns them now */
+    str_copy(p->status, sizeof(p->status), br[0].status);
+    str_copy(p->reason, sizeof(p->reason), br[0].reason);
+    int e2 = 0;
+    struct spool_msg *m = spool_msg_begin(q->sp, &env, &e2);
+    if (m != NULL && (e2 = spool_msg_write(m, msg.data, msg.len)) != 0) {
+        spool_msg_abort(m);
+        m = NULL;
+    }
+    if (m == NULL) {
+        buf_free(&msg);
+        on_dsn_committed(p, newmid, e2 ? e2 : EIO);
+        return;
+    }
+    /* Logged as a message received on ICID 0, once it is written. */
     mlog_mid_bounce_of(newmid, mid);
     mlog_mid_start(newmid, 0);
     mlog_mid_from(newmid, 0, "");
     mlog_mid_rcpt(newmid, 0, 0, e->mail_from);
     mlog_mid_message_id(newmid, msgid);
     mlog_mid_subject(newmid, prof->bounce_subject);
-    struct pending_dsn *p = xcalloc(1, sizeof(*p));
-    p->q = q;
-    p->mid = mid;
-    p->n = n;
-    p->rids = rids; /* the pending DSN owns them now */
-    int e2 = 0;
-    struct spool_msg *m = spool_msg_begin(q->sp, &env, &e2);
-    if (m == NULL) {
-        buf_free(&msg);
-        on_dsn_committed(p, newmid, e2 ? e2 : EIO);
-        return;
-    }
-    e2 = spool_msg_write(m, msg.data, msg.len);
     mlog_mid_ready(newmid, msg.len, "");
     buf_free(&msg);
-    if (e2) {
-        spool_msg_abort(m);
-        on_dsn_committed(p, newmid, e2);
-        return;
-    }
     spool_msg_commit(m, on_dsn_committed, p);
 }

@@ -232,6 +232,15 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     while (q->nheap > 0 && q->heap[0]->next_try <= now) {
         struct job *j = q->heap[0];
         struct dest *d = j->d;
+        if (j->bounce_status[0]) {
+            /* Its DSN could not be queued before: try the bounce again,
+             * never a delivery. */
+            job_unlink(q, j);
+            queue_bounce_all(q, j->mid, j->rids, j->nrid, j->bounce_status,
+                             j->last_error, NULL);
+            job_free(q, j);
+            continue;
+        }
         if (job_expired(q, j, now))
             continue;
         job_ready(q, j);
@@ -573,6 +582,46 @@ static const char *fail_details(enum smtpc_fail f)
     }
 }
 
+/* Recipients of one transaction that failed temporarily with the same
+ * reply (r->code 0: no reply, the connection failed). */
+static void soft_group(struct conn *cn, uint64_t mid, const unsigned *rids,
+                       size_t n, const struct smtpc_reply *r,
+                       const struct smtpc_result *res, const char *host)
+{
+    struct queue *q = cn->q;
+    struct dest *d = cn->d;
+    char status[16], code[8], text[SMTPC_TEXT_MAX + 32];
+    const char *reason;
+    if (r->code) {
+        reply_status(r, status, sizeof(status));
+        str_printf(code, sizeof(code), "%d", r->code);
+        str_printf(text, sizeof(text), "%s%s%s", r->enh, r->enh[0] ? " " : "",
+                   r->text);
+        reason = status_reason(status);
+        if (r->code / 100 != 4) {
+            /* A 2xx/3xx where it makes no sense, or a reply cut short:
+             * the protocol went wrong; try again. */
+            str_copy(status, sizeof(status), "4.5.0");
+            reason = "Other or undefined protocol status";
+        }
+    } else {
+        str_copy(status, sizeof(status), "4.4.2");
+        str_copy(code, sizeof(code), "000");
+        str_printf(text, sizeof(text), "%s: %s", host,
+                   res->content_error ? "spool read error"
+                                      : fail_details(res->fail));
+        reason = "Bad connection";
+    }
+    int64_t when = 0;
+    struct job *nj = job_new(q, d, mid, rids, n);
+    str_copy(nj->last_error, sizeof(nj->last_error), text);
+    if (soft_fail(q, d, cn->dcid, mid, rids, n, status, reason, code, text,
+                  &when))
+        job_free(q, nj);
+    else
+        job_wait(q, nj, when);
+}
+
 /* Apply a finished transaction to the connection's job. */
 static void job_result(struct conn *cn, const struct smtpc_result *res)
 {
@@ -588,29 +637,36 @@ static void job_result(struct conn *cn, const struct smtpc_result *res)
     unsigned *hard = xmalloc(n * sizeof(*hard) + 1);
     unsigned *soft = xmalloc(n * sizeof(*soft) + 1);
     size_t nok = 0, nhard = 0, nsoft = 0;
-    const struct smtpc_reply *soft_r = NULL;
     const struct smtpc_reply **why = xcalloc(n + 1, sizeof(*why));
     for (size_t i = 0; i < n; i++) {
+        /* The first refusal decides; a recipient is delivered only when
+         * its RCPT, a 354 to DATA, the whole content and a 2xx after the
+         * final dot all happened. Anything else odd is temporary. */
         const struct smtpc_reply *r;
-        if (res->mail.code && reply_class(&res->mail) != 2)
+        int cls;
+        if (res->mail.code && reply_class(&res->mail) != 2) {
             r = &res->mail;
-        else if (reply_class(&res->rcpt[i]) != 2)
+            cls = reply_class(r);
+        } else if (reply_class(&res->rcpt[i]) != 2) {
             r = &res->rcpt[i];
-        else if (res->data.code != 354)
-            r = &res->data;
-        else
-            r = &res->done;
-        why[i] = r;
-        int cls = reply_class(r);
-        if (res->content_error)
+            cls = reply_class(r);
+        } else if (res->data.code != 354) {
+            r = &res->data; /* 5xx refuses; 2xx/3xx is a protocol error */
+            cls = reply_class(r) == 5 ? 5 : 4;
+        } else if (res->fail != SMTPC_OK || res->content_error) {
+            r = &res->done; /* a reply before the dot, or the link died */
             cls = 4;
+        } else {
+            r = &res->done;
+            cls = reply_class(r);
+        }
+        why[i] = r;
         if (cls == 2) {
             ok[nok++] = j->rids[i];
         } else if (cls == 5) {
             hard[nhard++] = j->rids[i];
         } else {
             soft[nsoft++] = j->rids[i];
-            soft_r = r;
         }
     }
     const struct spool_entry *e = spool_find(q->sp, j->mid);
@@ -665,48 +721,41 @@ static void job_result(struct conn *cn, const struct smtpc_result *res)
         free(rs);
         free(rp);
     }
-    if (nsoft && e) {
-        const struct smtpc_reply *r = soft_r;
-        char status[16], code[8], text[SMTPC_TEXT_MAX + 32];
-        if (r->code) {
-            reply_status(r, status, sizeof(status));
-            str_printf(code, sizeof(code), "%d", r->code);
-            str_printf(text, sizeof(text), "%s%s%s", r->enh,
-                       r->enh[0] ? " " : "", r->text);
+    if (nsoft && (j->kill_delete || j->kill_bounce)) {
+        /* The administrator gave these up during the delivery. */
+        if (j->kill_bounce) {
+            for (size_t i = 0; i < nsoft; i++)
+                mlog_bounced(false, cn->dcid, j->mid, soft[i], "5.3.0",
+                             "Bounced by administrator", "000", "");
+            d->hard += nsoft;
+            q->st.hard_bounced += nsoft;
+            queue_bounce_all(q, j->mid, soft, nsoft, "5.3.0",
+                             "5.3.0 - Bounced by administrator", NULL);
         } else {
-            str_copy(status, sizeof(status), "4.4.2");
-            str_copy(code, sizeof(code), "000");
-            str_printf(text, sizeof(text), "%s: %s", host,
-                       res->content_error ? "spool read error"
-                                          : fail_details(res->fail));
+            queue_delete_rcpts(q, j->mid, soft, nsoft);
         }
-        const char *reason = r->code ? status_reason(status) : "Bad connection";
-        if (status[0] == '5')
-            status[0] = '4'; /* a 5xx reply seen as temporary: content error */
-        if (j->kill_delete || j->kill_bounce) {
-            /* The administrator gave these up during the delivery. */
-            if (j->kill_bounce) {
-                for (size_t i = 0; i < nsoft; i++)
-                    mlog_bounced(false, cn->dcid, j->mid, soft[i], "5.3.0",
-                                 "Bounced by administrator", code, text);
-                d->hard += nsoft;
-                q->st.hard_bounced += nsoft;
-                queue_bounce_all(q, j->mid, soft, nsoft, "5.3.0",
-                                 "5.3.0 - Bounced by administrator", NULL);
-            } else {
-                queue_delete_rcpts(q, j->mid, soft, nsoft);
-            }
-        } else {
-            int64_t when = 0;
-            struct job *nj = job_new(q, d, j->mid, soft, nsoft);
-            str_copy(nj->last_error, sizeof(nj->last_error), text);
-            if (soft_fail(q, d, cn->dcid, j->mid, soft, nsoft, status, reason,
-                          code, text, &when))
-                job_free(q, nj);
-            else
-                job_wait(q, nj, when);
-        }
+        nsoft = 0;
     }
+    /* Temporary failures, one group per distinct reply, so each Delayed:
+     * line and last error names what the server said for that RID. */
+    unsigned *grp = xmalloc(n * sizeof(*grp) + 1);
+    for (size_t i = 0; i < nsoft && e; i++) {
+        const struct smtpc_reply *r = NULL;
+        for (size_t k = 0; k < n; k++)
+            if (j->rids[k] == soft[i])
+                r = why[k];
+        if (r == NULL)
+            continue; /* already taken by an earlier group */
+        size_t ng = 0;
+        for (size_t m = i; m < nsoft; m++)
+            for (size_t k = 0; k < n; k++)
+                if (j->rids[k] == soft[m] && why[k] == r) {
+                    grp[ng++] = soft[m];
+                    why[k] = NULL;
+                }
+        soft_group(cn, j->mid, grp, ng, r, res, host);
+    }
+    free(grp);
     free(why);
     free(ok);
     free(hard);
@@ -833,8 +882,9 @@ static void conn_next(struct conn *cn)
         struct smtpc_txn t = {
             .mail_from = e->mail_from,
             .body_8bit = (e->flags & SPOOL_F_8BITMIME) != 0,
-            .smtputf8 = (e->flags & SPOOL_F_SMTPUTF8) != 0 &&
-                        envelope_needs_utf8(e, j),
+            /* smtpc sends it only to a server that offers it; one that
+             * does not gets an ASCII envelope without it (checked above). */
+            .smtputf8 = (e->flags & SPOOL_F_SMTPUTF8) != 0,
             .size = e->size,
             .nrcpt = j->nrid,
             .rcpts = cn->rcpt_ptrs,
@@ -1001,10 +1051,17 @@ static void on_resolved(void *arg, const struct nexthop *nh)
             TAILQ_INSERT_HEAD(&d->ready, j, link);
         }
         conn_free(cn);
-        dest_fail_ready(q, d, hard, 0, hard ? nh->enh : "4.4.3",
-                        hard ? status_reason(nh->enh)
-                             : "Directory server failure",
-                        text, NULL);
+        /* With other connections working (the lookup worked for them), a
+         * failed lookup charges only the job it was made for. */
+        bool others = false;
+        struct conn *o;
+        LIST_FOREACH(o, &d->conns, link)
+            others |= o->st == C_IDLE || o->st == C_BUSY;
+        if (!others || j)
+            dest_fail_ready(q, d, hard, 0, hard ? nh->enh : "4.4.3",
+                            hard ? status_reason(nh->enh)
+                                 : "Directory server failure",
+                            text, others ? j : NULL);
         dest_kick(q, d);
         return;
     }
@@ -1041,10 +1098,40 @@ static void conn_start(struct queue *q, struct dest *d)
                              on_resolved, cn);
 }
 
+/* The destination's route is /dev/null now (a commit changed it): drop
+ * its ready recipients instead of delivering them. */
+static void dest_devnull(struct queue *q, struct dest *d,
+                         const struct conf_route *route)
+{
+    struct job *j;
+    while ((j = TAILQ_FIRST(&d->ready)) != NULL) {
+        uint64_t mid = j->mid;
+        size_t n = j->nrid;
+        unsigned *rids = xmalloc(n * sizeof(*rids) + 1);
+        memcpy(rids, j->rids, n * sizeof(*rids));
+        job_free(q, j);
+        mlog_mid_devnull(mid, rids, n, route->domain);
+        q->st.deleted += n;
+        struct spool_rcpt_update *u = xcalloc(n, sizeof(*u));
+        for (size_t i = 0; i < n; i++) {
+            u[i].rid = rids[i];
+            u[i].st.state = SPOOL_RCPT_DELETED;
+        }
+        queue_update(q, mid, u, n);
+        free(u);
+        free(rids);
+    }
+}
+
 void dest_kick(struct queue *q, struct dest *d)
 {
     if (q->stopping || d->nready == 0 || q->conf->delivery.suspended)
         return;
+    const struct conf_route *route = conf_route_find(q->conf, d->domain);
+    if (route && route->kind == ROUTE_DEVNULL) {
+        dest_devnull(q, d, route);
+        return;
+    }
     int64_t now = queue_now();
     if (d->down_until > now) {
         /* The destination failed a moment ago: hold new jobs until its
@@ -1137,7 +1224,10 @@ static void workq_submit(struct queue *q, const struct spool_entry *e)
             for (size_t r = 0; r < m; r++)
                 if (e->rstate[rids[off + r]].next_try > next)
                     next = e->rstate[rids[off + r]].next_try;
-            if (next > now)
+            const struct conf_bounce_profile *p = queue_profile(q, d);
+            if (now >= e->received + (int64_t)p->max_queue_lifetime)
+                job_wait(q, j, now); /* too old: the timer bounces it */
+            else if (next > now)
                 job_wait(q, j, next);
             else
                 job_ready(q, j);

@@ -204,6 +204,10 @@ static void make_ready(struct queue *q, struct job *j, void *arg)
     struct kick_set *ks = arg;
     if (j->state != JOB_WAIT)
         return;
+    if (j->bounce_status[0]) {
+        job_wait(q, j, queue_now()); /* the timer bounces it */
+        return;
+    }
     j->d->down_until = 0;
     job_ready(q, j);
     ks->d = xgrow(ks->d, &ks->cap, ks->n + 1, sizeof(*ks->d));
@@ -278,6 +282,17 @@ struct kill_ctx {
 static void kill_job(struct queue *q, struct job *j, void *arg)
 {
     struct kill_ctx *k = arg;
+    if (j->state == JOB_ACTIVE) {
+        /* Reserved by a connection still being set up: take it back and
+         * act now; nothing of it is on the wire yet. */
+        struct conn *cn;
+        LIST_FOREACH(cn, &j->d->conns, link)
+            if (cn->job == j && cn->st != C_BUSY) {
+                cn->job = NULL;
+                j->state = JOB_WAIT;
+                break;
+            }
+    }
     if (j->state == JOB_ACTIVE) {
         /* Decided when the transaction in flight ends. */
         if (k->bounce)

@@ -31,7 +31,8 @@ struct job {
     enum job_state state;
     bool kill_delete;      /* admin: delete when the delivery ends */
     bool kill_bounce;      /* admin: bounce when the delivery ends */
-    char last_error[QERR_MAX];
+    char last_error[QERR_MAX]; /* (bounce_status set: the bounce reason) */
+    char bounce_status[16];    /* set: waiting to bounce, not to deliver */
 };
 
 TAILQ_HEAD(job_list, job);
