@@ -678,6 +678,7 @@ static void job_result(struct conn *cn, const struct smtpc_result *res)
         mlog_mid_response(j->mid, ok, nok, resp);
         d->delivered += nok;
         q->st.delivered += nok;
+        d->conn_fail = 0; /* the destination works: lift the throttle */
         struct spool_rcpt_update *u = xcalloc(nok, sizeof(*u));
         for (size_t i = 0; i < nok; i++) {
             u[i].rid = ok[i];

@@ -416,7 +416,7 @@ bool queue_cmd_tophosts(struct queue *q, const char *args, struct buf *out)
     fmt_time(now, sizeof(now), queue_now());
     buf_printf(out, "Status as of:        %s\n", now);
     buf_printf(out, "Hosts sorted by %s\n\n", sort_keys[key]);
-    buf_printf(out, "%4s %-32s %12s %10s %12s %12s %12s\n", "#",
+    buf_printf(out, "%4s %-32s %13s %10s %13s %12s %12s\n", "#",
                "Recipient Host", "Active Recip.", "Conn. Out", "Deliv. Recip.",
                "Soft Bounced", "Hard Bounced");
     for (size_t i = 0; i < n && i < 200; i++) {
@@ -426,7 +426,7 @@ bool queue_cmd_tophosts(struct queue *q, const char *args, struct buf *out)
         thousands(v[i]->delivered, dl, sizeof(dl));
         thousands(v[i]->soft, s, sizeof(s));
         thousands(v[i]->hard, h, sizeof(h));
-        buf_printf(out, "%4zu %-32s %12s %10s %12s %12s %12s\n", i + 1,
+        buf_printf(out, "%4zu %-32s %13s %10s %13s %12s %12s\n", i + 1,
                    v[i]->domain, a, c, dl, s, h);
     }
     free(v);
