@@ -260,22 +260,6 @@ void conf_delivery_clear(struct moat_conf *c)
     free(c->profiles);
 }
 
-static void where_set(struct vctx *v, const char *kind, const char *name)
-{
-    str_printf(v->where, sizeof(v->where), "%s \"%.64s%s\"", kind, name,
-               strlen(name) > 64 ? "..." : "");
-}
-
-/* A named block must be `kind "LABEL" { ... }`. */
-static bool named_ok(struct vctx *v, const struct conf_node *n,
-                     const char *kind, const char *example)
-{
-    if (n->type == NODE_OBJECT && n->label)
-        return true;
-    conf_diag_error(v->d, &n->key_pos, "%s must be a named block: %s", kind,
-                    example);
-    return false;
-}
 
 /* First entry `key` of an object, or NULL. */
 static const struct conf_node *child(const struct conf_node *obj,
@@ -548,7 +532,7 @@ static void routes_build(struct vctx *v)
     c->routes = xcalloc(n + 1, sizeof(*c->routes));
     for (const struct conf_node *x = v->root->child; x; x = x->next) {
         if (strcmp(x->key, "smtp_route") != 0 ||
-            !named_ok(v, x, "smtp_route",
+            !conf_named_block_ok(v, x, "smtp_route",
                       "smtp_route \"example.com\" { hosts = [ "
                       "\"10.0.0.25\" ]; }"))
             continue;
@@ -573,7 +557,7 @@ static void routes_build(struct vctx *v)
             free(key);
             continue;
         }
-        where_set(v, "smtp_route", x->label);
+        conf_where_set(v, "smtp_route", x->label);
         conf_block_walk(v, x, &conf_table_route, NULL, NULL);
         struct conf_route *r = &c->routes[c->route_count];
         r->domain = key;
@@ -611,7 +595,7 @@ static void profiles_build(struct vctx *v)
     bool default_seen = false;
     for (const struct conf_node *x = v->root->child; x; x = x->next) {
         if (strcmp(x->key, "bounce_profile") != 0 ||
-            !named_ok(v, x, "bounce_profile",
+            !conf_named_block_ok(v, x, "bounce_profile",
                       "bounce_profile \"NAME\" { max_retries = 100; }"))
             continue;
         const char *why = conf_check_listener_name(x->label);
@@ -633,7 +617,7 @@ static void profiles_build(struct vctx *v)
             conf_block_defaults(&conf_table_profile, p);
             p->name = xstrdup(x->label);
         }
-        where_set(v, "bounce_profile", x->label);
+        conf_where_set(v, "bounce_profile", x->label);
         conf_block_walk(v, x, &conf_table_profile, p, NULL);
         if (p->initial_retry > p->max_retry_timeout)
             conf_diag_error(v->d, &x->key_pos,
@@ -662,7 +646,7 @@ static void dests_build(struct vctx *v)
     bool default_seen = false;
     for (const struct conf_node *x = v->root->child; x; x = x->next) {
         if (strcmp(x->key, "destination") != 0 ||
-            !named_ok(v, x, "destination",
+            !conf_named_block_ok(v, x, "destination",
                       "destination \"example.com\" { concurrency = 10; }"))
             continue;
         bool is_default = strcmp(x->label, "Default") == 0;
@@ -694,7 +678,7 @@ static void dests_build(struct vctx *v)
             conf_block_defaults(&conf_table_dest, d);
             d->domain = key;
         }
-        where_set(v, "destination", x->label);
+        conf_where_set(v, "destination", x->label);
         const struct conf_node *seen[CONF_MAX_TABLE_KEYS];
         conf_block_walk(v, x, &conf_table_dest, d, seen);
         const struct conf_node *bp =

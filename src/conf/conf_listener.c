@@ -43,22 +43,6 @@ void conf_listener_clear(struct conf_listener *l)
     memset(l, 0, sizeof(*l));
 }
 
-static void where_set(struct vctx *v, const char *kind, const char *name)
-{
-    str_printf(v->where, sizeof(v->where), "%s \"%.64s%s\"", kind, name,
-               strlen(name) > 64 ? "..." : "");
-}
-
-/* A named block must be `kind "NAME" { ... }`. */
-static bool named_block_ok(struct vctx *v, const struct conf_node *n,
-                           const char *kind, const char *example)
-{
-    if (n->type == NODE_OBJECT && n->label)
-        return true;
-    conf_diag_error(v->d, &n->key_pos, "%s must be a named block: %s", kind,
-                    example);
-    return false;
-}
 
 static const struct conf_node *
 listener_node(const struct vctx *v, const struct lnodes *ln, const char *name)
@@ -74,7 +58,7 @@ static bool listener_acceptable(struct vctx *v, const struct conf_node *n,
                                 const struct lnodes *ln)
 {
     char at[300];
-    if (!named_block_ok(v, n, "listener",
+    if (!conf_named_block_ok(v, n, "listener",
                         "listener \"NAME\" { type = public; address = "
                         "\"0.0.0.0:25\"; }"))
         return false;
@@ -105,7 +89,7 @@ static void listener_fill(struct vctx *v, const struct conf_node *n,
     l->file = xstrdup(n->key_pos.file);
     l->line = n->key_pos.line;
     conf_block_defaults(tab, l);
-    where_set(v, "listener", l->name);
+    conf_where_set(v, "listener", l->name);
     conf_block_walk(v, n, tab, l, seen);
     const struct conf_node *relay =
         seen[conf_table_index(tab, "relay_senders")];
@@ -185,7 +169,7 @@ static int rat_target(struct vctx *v, const struct conf_node *n)
 {
     const char *names[CONF_MAX_LISTENERS];
     const struct moat_conf *c = v->c;
-    if (!named_block_ok(v, n, "rat",
+    if (!conf_named_block_ok(v, n, "rat",
                         "rat \"LISTENER\" { \"example.com\" = "
                         "accept; \"ALL\" = reject; }"))
         return -1;

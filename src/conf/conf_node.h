@@ -211,6 +211,12 @@ bool conf_value_default(const struct conf_key *k, void *base);
 void conf_key_error(struct vctx *v, const struct conf_pos *pos, const char *key,
                     const char *fmt, ...) MOAT_PRINTF(4, 5);
 
+/* Errors inside a named block say where: `kind "NAME"` (cut at 64). */
+void conf_where_set(struct vctx *v, const char *kind, const char *name);
+/* A named block must be `kind "NAME" { ... }`; else reported, false. */
+bool conf_named_block_ok(struct vctx *v, const struct conf_node *n,
+                         const char *kind, const char *example);
+
 /* Name checks; NULL if fine, else why not. */
 const char *conf_check_hostname(const char *s);
 const char *conf_check_listener_name(const char *s);

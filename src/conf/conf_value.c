@@ -425,6 +425,22 @@ bool conf_value_default(const struct conf_key *k, void *base)
 
 /* ---- name checks ---- */
 
+void conf_where_set(struct vctx *v, const char *kind, const char *name)
+{
+    str_printf(v->where, sizeof(v->where), "%s \"%.64s%s\"", kind, name,
+               strlen(name) > 64 ? "..." : "");
+}
+
+bool conf_named_block_ok(struct vctx *v, const struct conf_node *n,
+                         const char *kind, const char *example)
+{
+    if (n->type == NODE_OBJECT && n->label)
+        return true;
+    conf_diag_error(v->d, &n->key_pos, "%s must be a named block: %s", kind,
+                    example);
+    return false;
+}
+
 const char *conf_check_hostname(const char *s)
 {
     size_t label = 0;

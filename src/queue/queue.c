@@ -1099,6 +1099,21 @@ static void conn_start(struct queue *q, struct dest *d)
                              on_resolved, cn);
 }
 
+/* Run conn_next() on the first parked connection of d (it takes a job,
+ * or closes); false if none is parked. The list may change inside, so
+ * callers loop and rescan. */
+static bool wake_parked(struct dest *d)
+{
+    struct conn *cn;
+    LIST_FOREACH(cn, &d->conns, link)
+        if (cn->parked)
+            break;
+    if (cn == NULL)
+        return false;
+    conn_next(cn);
+    return true;
+}
+
 /* The destination's route is /dev/null now (a commit changed it): drop
  * its ready recipients instead of delivering them. */
 static void dest_devnull(struct queue *q, struct dest *d,
@@ -1144,16 +1159,8 @@ void dest_kick(struct queue *q, struct dest *d)
             return;
     }
     /* Parked connections first: they are up already. */
-    while (d->nready > 0) {
-        struct conn *cn;
-        LIST_FOREACH(cn, &d->conns, link)
-            if (cn->parked)
-                break;
-        if (cn == NULL)
-            break;
-        /* Unparks it or closes it, and may change the list: rescan. */
-        conn_next(cn);
-    }
+    while (d->nready > 0 && wake_parked(d))
+        ;
     const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
     size_t limit = dc->concurrency;
     if (d->conn_fail > 0)
@@ -1303,15 +1310,8 @@ void queue_set_conf(struct queue *q, struct moat_conf *conf)
     q->gen++;
     for (size_t i = 0; i < q->hsize; i++)
         for (struct dest *d = q->htab[i]; d; d = d->hnext) {
-            for (;;) {
-                struct conn *cn;
-                LIST_FOREACH(cn, &d->conns, link)
-                    if (cn->parked)
-                        break;
-                if (cn == NULL)
-                    break;
-                conn_next(cn); /* sees the new generation: QUIT */
-            }
+            while (wake_parked(d)) /* each sees the new generation: QUIT */
+                ;
             dest_kick(q, d);
         }
 }

@@ -48,6 +48,21 @@ static bool arg_mid(const char *args, uint64_t *mid, struct buf *out)
     return true;
 }
 
+/* A MID argument naming a message in the queue; false (with a message)
+ * otherwise. */
+static bool arg_queued_mid(struct queue *q, const char *args, uint64_t *mid,
+                           struct buf *out)
+{
+    if (!arg_mid(args, mid, out))
+        return false;
+    if (spool_find(q->sp, *mid) == NULL) {
+        buf_printf(out, "MID %llu is not in the queue\n",
+                   (unsigned long long)*mid);
+        return false;
+    }
+    return true;
+}
+
 /* Call fn on every job of mid that is not being delivered, and count
  * the active ones. fn may free the job. */
 static size_t each_job(struct queue *q, uint64_t mid,
@@ -150,14 +165,9 @@ static void rcpt_where(struct queue *q, uint64_t mid, unsigned rid, char *out,
 bool queue_cmd_show(struct queue *q, const char *args, struct buf *out)
 {
     uint64_t mid;
-    if (!arg_mid(args, &mid, out))
+    if (!arg_queued_mid(q, args, &mid, out))
         return false;
     const struct spool_entry *e = spool_find(q->sp, mid);
-    if (e == NULL) {
-        buf_printf(out, "MID %llu is not in the queue\n",
-                   (unsigned long long)mid);
-        return false;
-    }
     char when[64];
     fmt_time(when, sizeof(when), e->received);
     buf_printf(out, "MID:        %llu\n", (unsigned long long)e->mid);
@@ -254,13 +264,8 @@ bool queue_cmd_flush(struct queue *q, const char *args, struct buf *out)
 bool queue_cmd_retry(struct queue *q, const char *args, struct buf *out)
 {
     uint64_t mid;
-    if (!arg_mid(args, &mid, out))
+    if (!arg_queued_mid(q, args, &mid, out))
         return false;
-    if (spool_find(q->sp, mid) == NULL) {
-        buf_printf(out, "MID %llu is not in the queue\n",
-                   (unsigned long long)mid);
-        return false;
-    }
     struct kick_set ks = {0};
     size_t active;
     each_job(q, mid, make_ready, &ks, &active);
@@ -326,13 +331,8 @@ static bool kill_cmd(struct queue *q, const char *args, struct buf *out,
                      bool bounce)
 {
     uint64_t mid;
-    if (!arg_mid(args, &mid, out))
+    if (!arg_queued_mid(q, args, &mid, out))
         return false;
-    if (spool_find(q->sp, mid) == NULL) {
-        buf_printf(out, "MID %llu is not in the queue\n",
-                   (unsigned long long)mid);
-        return false;
-    }
     struct kill_ctx k = {bounce, 0};
     size_t active;
     each_job(q, mid, kill_job, &k, &active);
