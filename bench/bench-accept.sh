@@ -268,6 +268,8 @@ bench_moat() {
 pf_port=""
 setup_postfix() {
   pf_port=$(free_port)
+  # moatd is not running now: its port could come back; take another.
+  while [ "$pf_port" = "$moat_port" ]; do pf_port=$(free_port); done
   pf_started=1
   bash "$peer" setup "$pf_dir" "$pf_port" hold >/dev/null
   bash "$peer" start "$pf_dir" >/dev/null

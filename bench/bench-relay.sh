@@ -153,6 +153,7 @@ rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.1f", n / t }'; }
 
 # --- moatd: public listener, SMTP route for sink.example to the sink --------------
 moat_port=$(free_port)
+while [ "$moat_port" = "$sink_port" ]; do moat_port=$(free_port); done
 cat > "$moat_dir/moat.conf" <<EOF
 # moatd configuration for bench/bench-relay.sh (generated)
 hostname = "gw.bench.example";
@@ -185,11 +186,15 @@ bench_moat() {
   RATE=$(rate "$n" "$ELAPSED")
 }
 
-pf_port=""
+# Chosen now, distinct from the others: a port picked while moatd is
+# stopped could be moatd's own, taken by Postfix for the next moatd run.
+pf_port=$(free_port)
+while [ "$pf_port" = "$moat_port" ] || [ "$pf_port" = "$sink_port" ]; do
+  pf_port=$(free_port)
+done
 bench_postfix() {
   start_sink
   if [ "$pf_started" -eq 0 ]; then
-    pf_port=$(free_port)
     bash "$peer" setup "$pf_dir" "$pf_port" "relay:$sink_port" >/dev/null
     pf_started=1
   fi
