@@ -104,6 +104,11 @@ static int addr_bytes(const struct netaddr *a, const unsigned char **bytes)
     return AF_INET6;
 }
 
+int netaddr_bytes(const struct netaddr *a, const unsigned char **bytes)
+{
+    return addr_bytes(a, bytes);
+}
+
 void netaddr_ip_str(const struct netaddr *a, char *out, size_t outlen)
 {
     const unsigned char *bytes;

@@ -43,6 +43,9 @@ unsigned netaddr_port(const struct netaddr *a);
 /* Parse "10.0.0.0/8", "2001:db8::/32", or a bare address (full-length
  * prefix). Host bits beyond the prefix must be zero. */
 bool cidr_parse(const char *s, struct cidr *out, char *err, size_t errlen);
+/* The address's bytes and family (AF_INET for IPv4 and IPv4-mapped IPv6,
+ * 4 bytes; else AF_INET6, 16 bytes). */
+int netaddr_bytes(const struct netaddr *a, const unsigned char **bytes);
 /* True if the address is inside the block (IPv4-mapped IPv6 addresses
  * match IPv4 blocks). */
 bool cidr_match(const struct cidr *c, const struct netaddr *a);
