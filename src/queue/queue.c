@@ -582,6 +582,24 @@ static const char *fail_details(enum smtpc_fail f)
     }
 }
 
+/* The server's recipient limit, not a problem with the recipient:
+ * 452 with X.5.3 (RFC 3463), or without an enhanced code, saying so. */
+static bool too_many_rcpts(const struct smtpc_reply *r)
+{
+    if (r->code != 452)
+        return false;
+    if (r->enh[0])
+        return strcmp(r->enh, "4.5.3") == 0;
+    return strcasestr(r->text, "too many recipients") != NULL;
+}
+
+/* Same code, enhanced code and text: one group of recipients. */
+static bool reply_same(const struct smtpc_reply *a, const struct smtpc_reply *b)
+{
+    return a == b || (a->code == b->code && strcmp(a->enh, b->enh) == 0 &&
+                      strcmp(a->text, b->text) == 0);
+}
+
 /* Recipients of one transaction that failed temporarily with the same
  * reply (r->code 0: no reply, the connection failed). */
 static void soft_group(struct conn *cn, uint64_t mid, const unsigned *rids,
@@ -750,10 +768,18 @@ static void job_result(struct conn *cn, const struct smtpc_result *res)
         size_t ng = 0;
         for (size_t m = i; m < nsoft; m++)
             for (size_t k = 0; k < n; k++)
-                if (j->rids[k] == soft[m] && why[k] == r) {
+                if (j->rids[k] == soft[m] && why[k] && reply_same(why[k], r)) {
                     grp[ng++] = soft[m];
                     why[k] = NULL;
                 }
+        if (too_many_rcpts(r) && nok > 0 && res->fail == SMTPC_OK) {
+            /* "Too many recipients" (RFC 5321 4.5.3.1.10) after others of
+             * the same transaction went through: not a failure, the rest
+             * go at once in another transaction (this connection takes it
+             * next), with no attempt charged. */
+            job_ready(q, job_new(q, d, j->mid, grp, ng));
+            continue;
+        }
         soft_group(cn, j->mid, grp, ng, r, res, host);
     }
     free(grp);

@@ -1272,7 +1272,8 @@ def test_bounce_creates_no_phantom_destination(moat_factory, sinks):
 
 def test_server_recipient_limit_452(moat_factory, sinks):
     """A server taking 2 recipients per transaction (452 4.5.3 for the
-    rest): the others are deferred and delivered later, none lost."""
+    rest): the others go at once in further transactions on the same
+    connection (RFC 5321 4.5.3.1.10), not as a retry; none lost."""
     sink = sinks(max_recipients=2)
     moat = moat_factory(delivery_conf({"dst.example": [sink.hostport]}))
     rcpts = ["r%d@dst.example" % i for i in range(5)]
@@ -1281,6 +1282,9 @@ def test_server_recipient_limit_452(moat_factory, sinks):
     moat.wait_log(r"^Message finished MID %d done$" % mid, T)
     assert sorted(sink.rcpts) == rcpts
     assert all(len(t.rcpts) <= 2 for t in sink.messages)
+    assert len(sink.messages) == 3
+    assert sink.connection_count == 1
+    assert grep(moat, r"^Delayed: ") == []
 
 
 # ---------------------------------------------------------------------------
