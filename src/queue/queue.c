@@ -87,13 +87,36 @@ struct dest *queue_dest(struct queue *q, const char *domain)
     return d;
 }
 
-const struct conf_bounce_profile *queue_profile(const struct queue *q,
-                                                const struct dest *d)
+/* Look the destination's rows up again if the configuration changed. */
+static void dest_refresh(const struct queue *q, struct dest *d)
 {
-    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
-    const struct conf_bounce_profile *p =
-        conf_profile_find(q->conf, dc->bounce_profile);
-    return p ? p : &q->conf->profiles[0];
+    if (d->conf_gen == q->gen + 1)
+        return;
+    d->dc = conf_dest_find(q->conf, d->domain);
+    d->route = conf_route_find(q->conf, d->domain);
+    d->profile = conf_profile_find(q->conf, d->dc->bounce_profile);
+    if (d->profile == NULL)
+        d->profile = &q->conf->profiles[0];
+    d->conf_gen = q->gen + 1;
+}
+
+const struct conf_dest *dest_conf(const struct queue *q, struct dest *d)
+{
+    dest_refresh(q, d);
+    return d->dc;
+}
+
+const struct conf_route *dest_route(const struct queue *q, struct dest *d)
+{
+    dest_refresh(q, d);
+    return d->route;
+}
+
+const struct conf_bounce_profile *queue_profile(const struct queue *q,
+                                                struct dest *d)
+{
+    dest_refresh(q, d);
+    return d->profile;
 }
 
 /* ---- the retry heap (min by next_try) ---- */
@@ -839,7 +862,7 @@ static void conn_next(struct conn *cn)
 {
     struct queue *q = cn->q;
     struct dest *d = cn->d;
-    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    const struct conf_dest *dc = dest_conf(q, d);
     if (cn->parked) {
         cn->parked = false;
         evtimer_del(cn->idle_ev);
@@ -1117,8 +1140,8 @@ static void conn_start(struct queue *q, struct dest *d)
     d->nconns++;
     q->st.conns_out++;
     LIST_INSERT_HEAD(&d->conns, cn, link);
-    const struct conf_route *route = conf_route_find(q->conf, d->domain);
-    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    const struct conf_route *route = dest_route(q, d);
+    const struct conf_dest *dc = dest_conf(q, d);
     if (route && route->kind != ROUTE_HOSTS)
         route = NULL; /* USEDNS (a /dev/null route never gets here) */
     cn->rq = resolve_nexthop(q->res, d->domain, route, dc->ip_preference,
@@ -1140,6 +1163,21 @@ static bool wake_parked(struct dest *d)
     return true;
 }
 
+/* Recipients for a /dev/null route: logged and recorded as deleted. */
+static void drop_devnull(struct queue *q, uint64_t mid, const unsigned *rids,
+                         size_t n, const struct conf_route *route)
+{
+    mlog_mid_devnull(mid, rids, n, route->domain);
+    q->st.deleted += n;
+    struct spool_rcpt_update *u = xcalloc(n + 1, sizeof(*u));
+    for (size_t i = 0; i < n; i++) {
+        u[i].rid = rids[i];
+        u[i].st.state = SPOOL_RCPT_DELETED;
+    }
+    queue_update(q, mid, u, n);
+    free(u);
+}
+
 /* The destination's route is /dev/null now (a commit changed it): drop
  * its ready recipients instead of delivering them. */
 static void dest_devnull(struct queue *q, struct dest *d,
@@ -1152,15 +1190,7 @@ static void dest_devnull(struct queue *q, struct dest *d,
         unsigned *rids = xmalloc(n * sizeof(*rids) + 1);
         memcpy(rids, j->rids, n * sizeof(*rids));
         job_free(q, j);
-        mlog_mid_devnull(mid, rids, n, route->domain);
-        q->st.deleted += n;
-        struct spool_rcpt_update *u = xcalloc(n, sizeof(*u));
-        for (size_t i = 0; i < n; i++) {
-            u[i].rid = rids[i];
-            u[i].st.state = SPOOL_RCPT_DELETED;
-        }
-        queue_update(q, mid, u, n);
-        free(u);
+        drop_devnull(q, mid, rids, n, route);
         free(rids);
     }
 }
@@ -1169,7 +1199,7 @@ void dest_kick(struct queue *q, struct dest *d)
 {
     if (q->stopping || d->nready == 0 || q->conf->delivery.suspended)
         return;
-    const struct conf_route *route = conf_route_find(q->conf, d->domain);
+    const struct conf_route *route = dest_route(q, d);
     if (route && route->kind == ROUTE_DEVNULL) {
         dest_devnull(q, d, route);
         return;
@@ -1187,7 +1217,7 @@ void dest_kick(struct queue *q, struct dest *d)
     /* Parked connections first: they are up already. */
     while (d->nready > 0 && wake_parked(d))
         ;
-    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    const struct conf_dest *dc = dest_conf(q, d);
     size_t limit = dc->concurrency;
     if (d->conn_fail > 0)
         /* A connection failed (refused, 421 greeting, ...) and none has
@@ -1234,23 +1264,15 @@ static void workq_submit(struct queue *q, const struct spool_entry *e)
         for (k = i; k < n && strcmp(rd[k].domain, rd[i].domain) == 0; k++)
             rids[k - i] = rd[k].rid;
         size_t cnt = k - i;
-        const struct conf_route *route = conf_route_find(q->conf, rd[i].domain);
+        struct dest *d = queue_dest(q, rd[i].domain);
+        const struct conf_route *route = dest_route(q, d);
         if (route && route->kind == ROUTE_DEVNULL) {
-            mlog_mid_devnull(e->mid, rids, cnt, route->domain);
-            q->st.deleted += cnt;
-            struct spool_rcpt_update *u = xcalloc(cnt, sizeof(*u));
-            for (size_t r = 0; r < cnt; r++) {
-                u[r].rid = rids[r];
-                u[r].st.state = SPOOL_RCPT_DELETED;
-            }
             uint64_t mid = e->mid;
-            queue_update(q, mid, u, cnt);
-            free(u);
+            drop_devnull(q, mid, rids, cnt, route);
             if (spool_find(q->sp, mid) == NULL)
                 break; /* every recipient done: e is gone */
             continue;
         }
-        struct dest *d = queue_dest(q, rd[i].domain);
         for (size_t off = 0; off < cnt; off += per) {
             size_t m = cnt - off < per ? cnt - off : per;
             struct job *j = job_new(q, d, e->mid, rids + off, m);

@@ -454,9 +454,9 @@ bool queue_cmd_hoststatus(struct queue *q, const char *args, struct buf *out)
         buf_printf(out, "No record of host: %s\n", dom);
         return false;
     }
-    const struct conf_dest *dc = conf_dest_find(q->conf, d->domain);
+    const struct conf_dest *dc = dest_conf(q, d);
     const struct conf_bounce_profile *p = queue_profile(q, d);
-    const struct conf_route *r = conf_route_find(q->conf, d->domain);
+    const struct conf_route *r = dest_route(q, d);
     char now[64], last[64] = "Never", next[64] = "None";
     fmt_time(now, sizeof(now), queue_now());
     if (d->last_activity)

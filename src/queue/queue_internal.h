@@ -75,6 +75,12 @@ struct dest {
     int64_t down_until;        /* after a failed attempt: hold jobs */
     unsigned conn_fail;        /* connections failed since the last one
                                   that worked: no new ones meanwhile */
+    /* Its rows of the configuration, looked up once per generation (the
+     * tables may hold 40,000 routes; see dest_conf). */
+    unsigned conf_gen;         /* q->gen + 1 when filled, 0: never */
+    const struct conf_dest *dc;
+    const struct conf_route *route; /* NULL: MX */
+    const struct conf_bounce_profile *profile;
     int64_t last_activity;
     char last_error[QERR_MAX];
 };
@@ -104,8 +110,11 @@ void job_ready(struct queue *q, struct job *j);
 void job_wait(struct queue *q, struct job *j, int64_t when);
 void job_unlink(struct queue *q, struct job *j);
 void dest_kick(struct queue *q, struct dest *d);
+/* The destination's configuration rows (refreshed after a commit). */
+const struct conf_dest *dest_conf(const struct queue *q, struct dest *d);
+const struct conf_route *dest_route(const struct queue *q, struct dest *d);
 const struct conf_bounce_profile *queue_profile(const struct queue *q,
-                                                const struct dest *d);
+                                                struct dest *d);
 /* Record final or retry states; logs "Message finished" when the
  * message leaves the spool. */
 void queue_update(struct queue *q, uint64_t mid,
