@@ -30,13 +30,7 @@ struct pending_dsn {
 static void mark_bounced(struct queue *q, uint64_t mid, const unsigned *rids,
                          size_t n)
 {
-    struct spool_rcpt_update *u = xcalloc(n + 1, sizeof(*u));
-    for (size_t i = 0; i < n; i++) {
-        u[i].rid = rids[i];
-        u[i].st.state = SPOOL_RCPT_BOUNCED;
-    }
-    queue_update(q, mid, u, n);
-    free(u);
+    queue_mark(q, mid, rids, n, SPOOL_RCPT_BOUNCED, false);
 }
 
 static void on_dsn_committed(void *arg, uint64_t newmid, int err)

@@ -278,8 +278,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ---- recording outcomes ---- */
 
-void queue_update(struct queue *q, uint64_t mid,
-                  const struct spool_rcpt_update *u, size_t n)
+/* Write the states; "Message finished" when the message leaves. */
+static void update_spool(struct queue *q, uint64_t mid,
+                         const struct spool_rcpt_update *u, size_t n,
+                         bool aborted)
 {
     bool removed = false;
     int err = spool_rcpt_update(q->sp, mid, u, n, &removed);
@@ -289,7 +291,25 @@ void queue_update(struct queue *q, uint64_t mid,
                     "may be delivered once more after a restart)",
                     (unsigned long long)mid, strerror(err));
     if (removed)
-        mlog_mid_finished(mid, false);
+        mlog_mid_finished(mid, aborted);
+}
+
+void queue_update(struct queue *q, uint64_t mid,
+                  const struct spool_rcpt_update *u, size_t n)
+{
+    update_spool(q, mid, u, n, false);
+}
+
+void queue_mark(struct queue *q, uint64_t mid, const unsigned *rids, size_t n,
+                enum spool_rcpt_state state, bool aborted)
+{
+    struct spool_rcpt_update *u = xcalloc(n + 1, sizeof(*u));
+    for (size_t i = 0; i < n; i++) {
+        u[i].rid = rids[i];
+        u[i].st.state = (uint8_t)state;
+    }
+    update_spool(q, mid, u, n, aborted);
+    free(u);
 }
 
 void queue_delete_rcpts(struct queue *q, uint64_t mid, const unsigned *rids,
@@ -297,16 +317,7 @@ void queue_delete_rcpts(struct queue *q, uint64_t mid, const unsigned *rids,
 {
     mlog_mid_deleted(mid, rids, n, "deleted by administrator");
     q->st.deleted += n;
-    struct spool_rcpt_update *u = xcalloc(n + 1, sizeof(*u));
-    for (size_t i = 0; i < n; i++) {
-        u[i].rid = rids[i];
-        u[i].st.state = SPOOL_RCPT_DELETED;
-    }
-    bool removed = false;
-    spool_rcpt_update(q->sp, mid, u, n, &removed);
-    if (removed)
-        mlog_mid_finished(mid, true);
-    free(u);
+    queue_mark(q, mid, rids, n, SPOOL_RCPT_DELETED, true);
 }
 
 /* The domain part of an address, lower case, into out. */
@@ -720,13 +731,7 @@ static void job_result(struct conn *cn, const struct smtpc_result *res)
         d->delivered += nok;
         q->st.delivered += nok;
         d->conn_fail = 0; /* the destination works: lift the throttle */
-        struct spool_rcpt_update *u = xcalloc(nok, sizeof(*u));
-        for (size_t i = 0; i < nok; i++) {
-            u[i].rid = ok[i];
-            u[i].st.state = SPOOL_RCPT_DELIVERED;
-        }
-        queue_update(q, j->mid, u, nok);
-        free(u);
+        queue_mark(q, j->mid, ok, nok, SPOOL_RCPT_DELIVERED, false);
     }
     e = spool_find(q->sp, j->mid); /* the update may have removed it */
     const char *host = cn->nh && cn->ai > 0 ? cn->nh->addrs[cn->ai - 1].host
@@ -1169,13 +1174,7 @@ static void drop_devnull(struct queue *q, uint64_t mid, const unsigned *rids,
 {
     mlog_mid_devnull(mid, rids, n, route->domain);
     q->st.deleted += n;
-    struct spool_rcpt_update *u = xcalloc(n + 1, sizeof(*u));
-    for (size_t i = 0; i < n; i++) {
-        u[i].rid = rids[i];
-        u[i].st.state = SPOOL_RCPT_DELETED;
-    }
-    queue_update(q, mid, u, n);
-    free(u);
+    queue_mark(q, mid, rids, n, SPOOL_RCPT_DELETED, false);
 }
 
 /* The destination's route is /dev/null now (a commit changed it): drop

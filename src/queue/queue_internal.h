@@ -119,6 +119,10 @@ const struct conf_bounce_profile *queue_profile(const struct queue *q,
  * message leaves the spool. */
 void queue_update(struct queue *q, uint64_t mid,
                   const struct spool_rcpt_update *u, size_t n);
+/* The same, all to one final state; aborted: "Message finished ...
+ * aborted" (an administrative delete) rather than "done". */
+void queue_mark(struct queue *q, uint64_t mid, const unsigned *rids, size_t n,
+                enum spool_rcpt_state state, bool aborted);
 int64_t queue_now(void);
 /* The domain of an address (fallback when it has none), lower case,
  * without a trailing dot. */
