@@ -54,15 +54,15 @@ def tree_rss(pid):
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(d))
-    total, count, todo = 0, 0, [pid]
-    while todo:
-        p = todo.pop()
+    total, count, pending = 0, 0, [pid]
+    while pending:
+        p = pending.pop()
         try:
             total += proc_status(p).get("VmRSS", 0)
             count += 1
         except OSError:
             continue
-        todo.extend(children.get(p, []))
+        pending.extend(children.get(p, []))
     return total, count
 
 

@@ -14,99 +14,13 @@ import time
 
 import pytest
 
+from smtp_client import Client
+
 
 HOST = "127.0.0.1"
 
 
 OK_RE = re.compile(r"^250 2\.0\.0 Ok: Message (\d+) accepted$")
-
-
-class Client:
-    """One raw SMTP connection; replies are lists of lines without CRLF."""
-
-    def __init__(self, port, timeout=10.0):
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
-        self.buf = b""
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                rest, self.buf = self.buf, b""
-                return rest
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line + b"\r\n"
-
-    def reply(self):
-        lines = []
-        while True:
-            raw = self._line()
-            if not raw:
-                return lines
-            assert raw.endswith(b"\r\n"), "reply line without CRLF: %r" % raw
-            line = raw[:-2].decode("ascii")
-            lines.append(line)
-            if len(line) < 4 or line[3] != "-":
-                return lines
-
-    def last(self):
-        r = self.reply()
-        return r[-1] if r else ""
-
-    def send(self, data):
-        if isinstance(data, str):
-            data = data.encode("ascii")
-        self.sock.sendall(data)
-
-    def cmd(self, line):
-        self.send(line + "\r\n")
-        return self.last()
-
-    def greet(self, helo="EHLO client.test.example"):
-        banner = self.last()
-        assert banner.startswith("220 "), banner
-        r = self.cmd(helo)
-        assert r.startswith("250 "), r
-        return self
-
-    def begin(self, sender="s@test.example", rcpts=("u@example.com",)):
-        assert self.cmd("MAIL FROM:<%s>" % sender) == "250 2.1.0 Sender ok"
-        for r in rcpts:
-            assert self.cmd("RCPT TO:<%s>" % r) == "250 2.1.5 Recipient ok"
-        assert self.cmd("DATA") == "354 Start mail input; end with <CRLF>.<CRLF>"
-
-    def message(self, sender="s@test.example", rcpts=("u@example.com",),
-                body="Subject: t\r\n\r\nhello\r\n"):
-        self.begin(sender, rcpts)
-        self.send(body + ".\r\n")
-        return self.last()
-
-    def at_eof(self, timeout=5.0):
-        self.sock.settimeout(timeout)
-        self.buf = b""
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if not self.sock.recv(65536):
-                    return True
-        except (socket.timeout, TimeoutError):
-            return False
-        except ConnectionResetError:
-            return True
-        return False
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def send_one(port, msgid=None, sender="s@test.example", rcpts=("u@example.com",)):

@@ -5,11 +5,12 @@ to a second or two so that the tests stay fast.
 """
 
 import re
-import socket
 import struct
 import time
 
 import pytest
+
+from smtp_client import RawSMTP
 
 HOSTNAME = "gw.test.example"
 CLIENT = "client.test.example"
@@ -29,95 +30,7 @@ def conf(**incoming):
 
 
 # ---------------------------------------------------------------------------
-# helpers (kept local: this file must run on its own)
-
-
-class Reply:
-    def __init__(self, lines):
-        self.raw = lines
-        self.code = int(lines[-1][:3])
-
-    @property
-    def line(self):
-        return self.raw[-1]
-
-    def __repr__(self):
-        return "Reply(%r)" % (self.raw,)
-
-
-class RawSMTP:
-    """A byte-exact SMTP client over a plain socket."""
-
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.timeout = timeout
-        self.buf = b""
-
-    def close(self):
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def reply(self, timeout=None):
-        deadline = time.monotonic() + (timeout or self.timeout)
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("no complete reply; buffered %r" % self.buf)
-                self.sock.settimeout(remaining)
-                try:
-                    chunk = self.sock.recv(65536)
-                except socket.timeout:
-                    raise TimeoutError("no complete reply; buffered %r"
-                                       % self.buf) from None
-                if not chunk:
-                    raise ConnectionError("connection closed; buffered %r" % self.buf)
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            text = line.decode("utf-8")
-            assert re.match(r"^\d{3}[- ]", text), "malformed reply line %r" % text
-            lines.append(text)
-            if text[3] == " ":
-                return Reply(lines)
-
-    def cmd(self, line, timeout=None):
-        if isinstance(line, str):
-            line = line.encode("utf-8")
-        self.send(line + b"\r\n")
-        return self.reply(timeout)
-
-    def expect(self, line, final):
-        r = self.cmd(line)
-        assert r.line == final, "%r -> %r" % (line[:80], r.raw)
-        return r
-
-    def nothing_more(self, wait=0.3):
-        assert self.buf == b"", "unexpected extra output %r" % self.buf
-        self.sock.settimeout(wait)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            return
-        raise AssertionError("unexpected extra output %r" % data)
-
-    def closed(self, timeout=3.0):
-        assert self.buf == b"", "unexpected extra output %r" % self.buf
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            return True
-        assert data == b"", "expected EOF, got %r" % data
-        return True
+# helpers (the clients are in smtp_client.py)
 
 
 def connect(moat, listener="IncomingMail", ehlo=True, greeting=True):

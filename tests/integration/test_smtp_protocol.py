@@ -17,110 +17,13 @@ import zlib
 
 import pytest
 
+from smtp_client import RawSMTP
+
 HOSTNAME = "gw.test.example"
 CLIENT = "client.test.example"
 
 # ---------------------------------------------------------------------------
 # helpers
-
-
-class Reply:
-    """One complete SMTP reply: code and its lines (text after 'NNN-'/'NNN ')."""
-
-    def __init__(self, lines):
-        self.raw = lines
-        self.code = int(lines[-1][:3])
-        self.lines = [ln[4:] for ln in lines]
-
-    @property
-    def line(self):
-        """The final line, e.g. '250 2.0.0 Ok'."""
-        return self.raw[-1]
-
-    def __repr__(self):
-        return "Reply(%r)" % (self.raw,)
-
-
-class RawSMTP:
-    """A byte-exact SMTP client over a plain socket."""
-
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.timeout = timeout
-        self.buf = b""
-
-    def close(self):
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def _fill(self, deadline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no complete reply; buffered %r" % self.buf)
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(65536)
-        except socket.timeout:
-            raise TimeoutError("no complete reply; buffered %r" % self.buf) from None
-        if not chunk:
-            raise ConnectionError("connection closed; buffered %r" % self.buf)
-        self.buf += chunk
-
-    def reply(self, timeout=None):
-        """Read one complete reply (until a final 'NNN ' line)."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                self._fill(deadline)
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            text = line.decode("utf-8")
-            assert re.match(r"^\d{3}[- ]", text), "malformed reply line %r" % text
-            lines.append(text)
-            if text[3] == " ":
-                return Reply(lines)
-
-    def replies(self, n, timeout=None):
-        return [self.reply(timeout) for _ in range(n)]
-
-    def cmd(self, line, timeout=None):
-        """Send one command line (CRLF added) and read its reply."""
-        if isinstance(line, str):
-            line = line.encode("utf-8")
-        self.send(line + b"\r\n")
-        return self.reply(timeout)
-
-    def expect(self, line, final):
-        """Send a command and assert the final reply line exactly."""
-        r = self.cmd(line)
-        assert r.line == final, "%r -> %r" % (line, r.raw)
-        return r
-
-    def nothing_more(self, wait=0.3):
-        """Assert that no further byte arrives within `wait` seconds."""
-        assert self.buf == b"", "unexpected extra output %r" % self.buf
-        self.sock.settimeout(wait)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            return
-        raise AssertionError("unexpected extra output %r" % data)
-
-    def closed(self, timeout=3.0):
-        """Assert the server closes the connection (after buffered bytes)."""
-        assert self.buf == b"", "unexpected extra output %r" % self.buf
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(65536)
-        assert data == b"", "expected EOF, got %r" % data
-        return True
 
 
 def connect(moat, listener="IncomingMail", ehlo=True):
