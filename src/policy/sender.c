@@ -133,6 +133,15 @@ bool sg_entry_parse(const char *s, struct sg_entry *e, char *err,
         e->kind = SG_ALL;
         return true;
     }
+    if (strcasecmp(s, "sbrs[none]") == 0) {
+        e->kind = SG_SBRS_NONE;
+        return true;
+    }
+    if (strncasecmp(s, "sbrs[", 5) == 0)
+        return fail(err, errlen,
+                    "is a reputation score range; moat has no reputation "
+                    "service, so only sbrs[none] (no score: every host) can "
+                    "match");
     if (strncasecmp(s, "dnslist[", 8) == 0) {
         if (s[n - 1] != ']' || n - 9 >= sizeof(e->name))
             return fail(err, errlen, "is not dnslist[zone]");
@@ -194,6 +203,7 @@ bool sg_match_addr(const struct sg_entry *e, const struct netaddr *addr)
     int fam = netaddr_bytes(addr, &b);
     switch (e->kind) {
     case SG_ALL:
+    case SG_SBRS_NONE:
         return true;
     case SG_ADDR:
     case SG_CIDR:

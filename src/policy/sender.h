@@ -11,6 +11,8 @@
  *   mail.example.com                 the client's verified host name
  *   .protection.outlook.com          any verified name inside that domain
  *   dnslist[zone.example]            listed in that DNS list
+ *   sbrs[none]                       no reputation score: moat has no
+ *                                    reputation service, so every host
  *   ALL                              every host
  *
  * Host names and dnslist entries need lookups (forward-confirmed reverse
@@ -33,6 +35,7 @@ enum sg_kind {
     SG_HOST,    /* exact verified host name */
     SG_DOMAIN,  /* .domain: a verified name strictly inside it */
     SG_DNSLIST, /* dnslist[zone] */
+    SG_SBRS_NONE, /* sbrs[none]: no reputation score, i.e. every host */
     SG_ALL,
 };
 

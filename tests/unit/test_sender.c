@@ -37,6 +37,9 @@ static const struct parse_case parse_cases[] = {
     {"mail.Example.com", true, SG_HOST},
     {".protection.outlook.com", true, SG_DOMAIN},
     {"dnslist[bl.example.net]", true, SG_DNSLIST},
+    {"sbrs[none]", true, SG_SBRS_NONE},
+    {"SBRS[None]", true, SG_SBRS_NONE},
+    {"sbrs[-10.0:-3.0]", false, 0}, /* no reputation service */
     {"", false, 0},
     {"all", true, SG_HOST}, /* only upper-case ALL is the keyword */
     {"10.1.1.300", false, 0},
@@ -81,6 +84,8 @@ struct match_case {
 static const struct match_case match_cases[] = {
     {"ALL", "198.51.100.1", true},
     {"ALL", "::1", true},
+    {"sbrs[none]", "198.51.100.1", true},
+    {"sbrs[none]", "2001:db8::1", true},
     {"192.0.2.7", "192.0.2.7", true},
     {"192.0.2.7", "192.0.2.8", false},
     {"192.0.2.7", "::ffff:192.0.2.7", true},
