@@ -199,6 +199,7 @@ listener "IncomingMail" {
   type = public;
   address = "127.0.0.1:$moat_port";
   max_connections = 5000;
+  max_connections_per_ip = 5000; # every session comes from 127.0.0.1
   max_messages_per_connection = $((max_n + 1));
 }
 rat "IncomingMail" { "bench.example" = accept; "ALL" = reject; }

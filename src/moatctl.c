@@ -9,6 +9,7 @@
  */
 #include "admin/control.h"
 #include "conf/conf.h"
+#include "core/buf.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -50,8 +51,7 @@ static const struct command commands[] = {
     {"queue bounce", "MID",
      "Hard bounce a message's pending recipients now: the sender gets a "
      "delivery status notification (5.3.0, bounced by administrator)."},
-    {"queue retry", "MID",
-     "Retry one message's waiting recipients now."},
+    {"queue retry", "MID", "Retry one message's waiting recipients now."},
     {"tophosts", "[active|connections|delivered|hard|soft]",
      "List destination domains ranked by active recipients (the default), "
      "current outbound connections, delivered recipients, hard bounced "
@@ -62,6 +62,30 @@ static const struct command commands[] = {
      "counters, active recipients and how many wait for a retry, current "
      "connections, last activity, next retry, the last error, and the "
      "destination controls, bounce profile and SMTP route that apply."},
+    {"hat list", "[LISTENER]",
+     "List the Host Access Table of a listener (of every listener without "
+     "an argument): its sender groups in the order they are tried, each "
+     "with its mail flow policy, access rule (ACCEPT, RELAY, REJECT, "
+     "TCPREFUSE, CONTINUE), number of senders and comment, and the final "
+     "ALL row."},
+    {"hat detail", "LISTENER",
+     "Show a listener's Host Access Table in full: every sender of every "
+     "group, their DNS verification checks, and every parameter of every "
+     "mail flow policy as it applies (policy values and listener defaults "
+     "resolved)."},
+    {"hat export", "LISTENER",
+     "Print the listener's Host Access Table as a configuration block, hat "
+     "\"LISTENER\" { ... }, with every group and every policy written in "
+     "full. Loading it reproduces the table exactly; edit it and give it "
+     "back with hat import."},
+    {"hat import", "LISTENER FILE",
+     "Replace the listener's Host Access Table with the hat \"LISTENER\" "
+     "block in FILE: the block in the configuration file (-c) is replaced "
+     "(or the block is appended if there is none), the result is validated "
+     "as a whole, the old file is kept as FILE.bak, and moatd is told to "
+     "commit. A file that does not validate changes nothing; its errors "
+     "are printed as file:line:column: reason. Runs with your permissions: "
+     "you must be able to write the configuration file."},
     {"configtest", "",
      "Ask moatd to read and validate its configuration file without "
      "applying it. Errors are printed as file:line:column: reason."},
@@ -193,6 +217,69 @@ static int request(const char *path, const char *req)
     return status;
 }
 
+/* hat import: splice the block into the configuration file, validate the
+ * whole, keep a backup, install it, and ask moatd to commit. */
+static int hat_import(const char *conf_path, const char *listener,
+                      const char *file, const char *sock)
+{
+    if (conf_path == NULL) {
+        fprintf(stderr, "moatctl: hat import edits the configuration file: "
+                        "give it with -c FILE\n");
+        return 2;
+    }
+    struct conf_errors e = {0};
+    struct buf text = {0};
+    if (!conf_import_hat(conf_path, listener, file, &text, &e)) {
+        conf_errors_print(&e, stderr);
+        conf_errors_free(&e);
+        buf_free(&text);
+        return 1;
+    }
+    char tmp[4096], bak[4096];
+    if (!str_printf(tmp, sizeof(tmp), "%s.import", conf_path) ||
+        !str_printf(bak, sizeof(bak), "%s.bak", conf_path)) {
+        fprintf(stderr, "moatctl: path too long: %s\n", conf_path);
+        buf_free(&text);
+        return 2;
+    }
+    FILE *f = fopen(tmp, "we");
+    bool wrote = f && fwrite(text.data, 1, text.len, f) == text.len;
+    if (f && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+        wrote = false;
+    if (f)
+        fclose(f);
+    buf_free(&text);
+    if (!wrote) {
+        fprintf(stderr, "moatctl: cannot write %s: %s\n", tmp, strerror(errno));
+        unlink(tmp);
+        return 2;
+    }
+    /* Validated in place, so that .include paths resolve as they will. */
+    struct moat_conf *c = conf_load(tmp, &e);
+    if (c == NULL) {
+        fprintf(stderr, "moatctl: the configuration with the imported table "
+                        "does not validate (nothing changed):\n");
+        conf_errors_print(&e, stderr);
+        conf_errors_free(&e);
+        unlink(tmp);
+        return 1;
+    }
+    conf_unref(c);
+    if (link(conf_path, bak) != 0 && errno == EEXIST &&
+        (unlink(bak) != 0 || link(conf_path, bak) != 0))
+        fprintf(stderr, "moatctl: warning: no backup %s: %s\n", bak,
+                strerror(errno));
+    if (rename(tmp, conf_path) != 0) {
+        fprintf(stderr, "moatctl: cannot replace %s: %s\n", conf_path,
+                strerror(errno));
+        unlink(tmp);
+        return 2;
+    }
+    printf("%s: hat \"%s\" imported from %s (previous file: %s)\n", conf_path,
+           listener, file, bak);
+    return request(sock, "commit");
+}
+
 int main(int argc, char **argv)
 {
     const char *conf_path = NULL, *sock = NULL;
@@ -229,16 +316,19 @@ int main(int argc, char **argv)
     }
     char **rest = argv + optind + used;
     int nrest = argc - optind - used;
-    if (nrest > 0 && (strcmp(rest[0], "--help") == 0 ||
-                      strcmp(rest[0], "-h") == 0)) {
+    if (nrest > 0 &&
+        (strcmp(rest[0], "--help") == 0 || strcmp(rest[0], "-h") == 0)) {
         printf("usage: moatctl %s %s\n\n", cmd->name, cmd->usage);
         print_wrapped(cmd->help);
         return 0;
     }
-    /* usage "" takes nothing; "[X]" at most one; "X" exactly one. */
+    /* usage "" takes nothing; "[X]" at most one; "X" exactly one; "X Y"
+     * exactly two. */
     int max_args = cmd->usage[0] ? 1 : 0;
     bool required = cmd->usage[0] && cmd->usage[0] != '[';
-    if (nrest > max_args || (required && nrest == 0)) {
+    if (strchr(cmd->usage, ' ') && cmd->usage[0] != '[')
+        max_args = 2;
+    if (nrest > max_args || (required && nrest < max_args)) {
         if (max_args == 0)
             fprintf(stderr, "moatctl: %s takes no arguments\n", cmd->name);
         else
@@ -277,7 +367,11 @@ int main(int argc, char **argv)
         }
         sock = sock_alloc;
     }
-    int rc = request(sock, req);
+    int rc;
+    if (strcmp(cmd->name, "hat import") == 0)
+        rc = hat_import(conf_path, rest[0], rest[1], sock);
+    else
+        rc = request(sock, req);
     free(sock_alloc);
     return rc;
 }

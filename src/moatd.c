@@ -10,6 +10,7 @@
  * SIGUSR1 only reopens the log.
  */
 #include "admin/control.h"
+#include "admin/hat_admin.h"
 #include "conf/conf.h"
 #include "core/buf.h"
 #include "core/ids.h"
@@ -51,16 +52,15 @@ struct daemon {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: moatd [-c FILE] [-t] [-V]\n"
-            "  -c FILE  configuration file (default: the built-in "
-            "configuration)\n"
-            "  -t       check the configuration and exit\n"
-            "  -f       run in the foreground (the default; accepted for "
-            "scripts)\n"
-            "  -V       print the version and exit\n"
-            "moatd always runs in the foreground; use systemd or another "
-            "supervisor to run it in the background.\n");
+    fprintf(f, "usage: moatd [-c FILE] [-t] [-V]\n"
+               "  -c FILE  configuration file (default: the built-in "
+               "configuration)\n"
+               "  -t       check the configuration and exit\n"
+               "  -f       run in the foreground (the default; accepted for "
+               "scripts)\n"
+               "  -V       print the version and exit\n"
+               "moatd always runs in the foreground; use systemd or another "
+               "supervisor to run it in the background.\n");
 }
 
 /* Load the configuration named on the command line, or the built-in. */
@@ -69,6 +69,31 @@ static struct moat_conf *load_conf(const char *path, struct conf_errors *e)
     if (path)
         return conf_load(path, e);
     return conf_load_string("(built-in)", conf_default_text, e);
+}
+
+/* Settings stored but not enforced yet: say so in the log (and to the
+ * admin who committed them). */
+static void unenforced_notes(const struct moat_conf *c, struct buf *out)
+{
+    for (size_t i = 0; i < c->listener_count; i++) {
+        const struct conf_listener *l = &c->listeners[i];
+        for (size_t k = 0; k < l->npolicies; k++) {
+            const struct conf_policy *p = &l->policies[k];
+            if (p->p.tls == POLICY_TLS_OFF)
+                continue;
+            mlog_system(MLOG_WARNING,
+                        "listener %s mail_flow_policy %s: tls = %s is not "
+                        "enforced: this moatd does not offer STARTTLS yet",
+                        l->name, p->name,
+                        p->p.tls == POLICY_TLS_REQUIRED ? "required"
+                                                        : "preferred");
+            if (out)
+                buf_printf(out,
+                           "Warning: listener %s mail_flow_policy %s: tls "
+                           "is stored but not enforced (no STARTTLS yet).\n",
+                           l->name, p->name);
+        }
+    }
 }
 
 /* mkdir -p for the parent directory of a file path, or a directory. */
@@ -259,8 +284,8 @@ static bool ctl_configtest(void *arg, const char *args, struct buf *out)
 }
 
 /* Settings read only at start-up: say which changed. */
-static void restart_notes(const struct moat_conf *a,
-                          const struct moat_conf *b, struct buf *out)
+static void restart_notes(const struct moat_conf *a, const struct moat_conf *b,
+                          struct buf *out)
 {
     static const struct {
         const char *name;
@@ -275,8 +300,9 @@ static void restart_notes(const struct moat_conf *a,
         const char *x = *(char *const *)((const char *)a + keys[i].off);
         const char *y = *(char *const *)((const char *)b + keys[i].off);
         if (strcmp(x, y) != 0)
-            buf_printf(out, "Note: %s changed; it takes effect when moatd "
-                            "is restarted.\n",
+            buf_printf(out,
+                       "Note: %s changed; it takes effect when moatd "
+                       "is restarted.\n",
                        keys[i].name);
     }
 }
@@ -295,13 +321,15 @@ static bool daemon_commit(struct daemon *d, struct buf *out)
     }
     char err[512];
     if (!smtp_server_apply(d->smtp, c, err, sizeof(err))) {
-        buf_printf(out, "Configuration refused; the running configuration "
-                        "stays.\n%s\n",
+        buf_printf(out,
+                   "Configuration refused; the running configuration "
+                   "stays.\n%s\n",
                    err);
         conf_unref(c);
         return false;
     }
     restart_notes(d->conf, c, out);
+    unenforced_notes(c, out);
     queue_set_conf(d->queue, c);
     if (strcmp(c->log_file, d->conf->log_file) != 0)
         buf_printf(out, "Note: mail_log path changed; it takes effect when "
@@ -314,6 +342,24 @@ static bool daemon_commit(struct daemon *d, struct buf *out)
     buf_printf(out, "Changes committed: %s\n", when);
     mlog_system(MLOG_INFO, "Configuration %s committed", c->path);
     return true;
+}
+
+static bool ctl_hat_list(void *arg, const char *args, struct buf *out)
+{
+    struct daemon *d = arg;
+    return hat_admin_list(d->conf, args, out);
+}
+
+static bool ctl_hat_detail(void *arg, const char *args, struct buf *out)
+{
+    struct daemon *d = arg;
+    return hat_admin_detail(d->conf, args, out);
+}
+
+static bool ctl_hat_export(void *arg, const char *args, struct buf *out)
+{
+    struct daemon *d = arg;
+    return hat_admin_export(d->conf, args, out);
 }
 
 static bool ctl_commit(void *arg, const char *args, struct buf *out)
@@ -350,8 +396,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     d->stopping = true;
-    mlog_system(MLOG_INFO, "Received signal %d: shutting down",
-                (int)sig);
+    mlog_system(MLOG_INFO, "Received signal %d: shutting down", (int)sig);
     d->drain_timer = evtimer_new(d->base, on_drain_timeout, d);
     struct timeval tv = {(time_t)d->conf->shutdown_timeout, 0};
     evtimer_add(d->drain_timer, &tv);
@@ -409,8 +454,7 @@ static void announce(const struct moat_conf *c)
     for (size_t i = 0; i < c->listener_count; i++) {
         const struct conf_listener *l = &c->listeners[i];
         printf("  listener %-14s %-7s on %s\n", l->name,
-               l->type == LISTENER_PUBLIC ? "public" : "private",
-               l->address);
+               l->type == LISTENER_PUBLIC ? "public" : "private", l->address);
     }
     printf("  mail log: %s   spool: %s\n", c->log_file, c->spool_dir);
     for (size_t i = 0; i < c->listener_count; i++) {
@@ -422,9 +466,8 @@ static void announce(const struct moat_conf *c)
             char *colon = strrchr(host, ':');
             if (colon)
                 *colon = '\0';
-            printf("Try: swaks --server %s --port %u --to user@%s\n",
-                   host, netaddr_port(&l->addr),
-                   dom[0] == '.' ? dom + 1 : dom);
+            printf("Try: swaks --server %s --port %u --to user@%s\n", host,
+                   netaddr_port(&l->addr), dom[0] == '.' ? dom + 1 : dom);
             break;
         }
     }
@@ -451,8 +494,8 @@ static int serve(struct daemon *d)
                 strerror(errno));
         return 1;
     }
-    if (!mlog_open(c->log_file, c->log_syslog, MOAT_VERSION, c->hostname,
-                   err, sizeof(err))) {
+    if (!mlog_open(c->log_file, c->log_syslog, MOAT_VERSION, c->hostname, err,
+                   sizeof(err))) {
         fprintf(stderr, "moatd: %s\n", err);
         return 1;
     }
@@ -473,8 +516,7 @@ static int serve(struct daemon *d)
         return 1;
     }
     if (getuid() == 0 && chown(c->control_socket, uid, gid) != 0)
-        fprintf(stderr, "moatd: warning: cannot chown %s\n",
-                c->control_socket);
+        fprintf(stderr, "moatd: warning: cannot chown %s\n", c->control_socket);
     if (!drop_privileges(c->user, uid, gid))
         return 1;
 
@@ -505,8 +547,12 @@ static int serve(struct daemon *d)
         mlog_system(MLOG_CRITICAL, "%s", err);
         return 1;
     }
+    smtp_server_set_resolver(d->smtp, queue_resolver(d->queue));
 
     control_register(d->control, "status", ctl_status, d);
+    control_register(d->control, "hat list", ctl_hat_list, d);
+    control_register(d->control, "hat detail", ctl_hat_detail, d);
+    control_register(d->control, "hat export", ctl_hat_export, d);
     control_register(d->control, "queue list", ctl_list, d);
     control_register(d->control, "queue show", ctl_show, d);
     control_register(d->control, "queue flush", ctl_flush, d);
@@ -520,8 +566,9 @@ static int serve(struct daemon *d)
     setup_signals(d);
     write_pidfile(c->pidfile);
     d->started = d->committed = time(NULL);
-    mlog_system(MLOG_INFO, "moatd %s started, configuration %s",
-                MOAT_VERSION, c->path);
+    mlog_system(MLOG_INFO, "moatd %s started, configuration %s", MOAT_VERSION,
+                c->path);
+    unenforced_notes(c, NULL);
     announce(c);
 
     event_base_dispatch(d->base);

@@ -10,6 +10,7 @@
  * CONF_MAX_ERRORS), each "file:line:col: reason".
  */
 #include "conf/conf_node.h"
+#include "conf/conf_params.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -77,6 +78,8 @@ void conf_diag_error(struct conf_diag *d, const struct conf_pos *pos,
 #define TOP(f) offsetof(struct moat_conf, f)
 #define LIS(f) offsetof(struct conf_listener, f)
 #define RAT(f) offsetof(struct rat_entry, f)
+#define LIS_PP(f) offsetof(struct conf_listener, defaults.f)
+#define LIS_DEF(x) x
 #define PATH_MAX_LEN 4095
 
 static const char *const listener_types[] = {"public", "private", NULL};
@@ -150,6 +153,27 @@ static const struct conf_key top_keys[] = {
      .max = 3600,
      .off = TOP(shutdown_timeout),
      .help = "how long a stop waits for open sessions to finish"},
+    {.name = "rate_limit_period",
+     .type = KT_TIME,
+     .def = "3600",
+     .min = 1,
+     .max = 86400,
+     .off = TOP(rate_limit_period),
+     .help = "how long a client address's recipient and AUTH failure "
+             "counters last"},
+    {.name = "auth_max_failures",
+     .type = KT_UINT,
+     .def = "5",
+     .min = 1,
+     .max = 1000,
+     .off = TOP(auth_max_failures),
+     .help = "failed AUTH attempts from one address per rate_limit_period "
+             "before its sessions are closed"},
+    {.name = "hat_reject_at_rcpt",
+     .type = KT_BOOL,
+     .def = "false",
+     .off = TOP(hat_reject_at_rcpt),
+     .help = "HAT REJECT: greet, then refuse every recipient (and log them)"},
     {.name = "mail_log",
      .type = KT_BLOCK,
      .aux = &mail_log_table,
@@ -160,6 +184,13 @@ static const struct conf_key top_keys[] = {
     {.name = "rat",
      .type = KT_SECTION,
      .help = "rat \"LISTENER\" { ... }: recipient access table"},
+    {.name = "hat",
+     .type = KT_SECTION,
+     .help = "hat \"LISTENER\" { ... }: host access table"},
+    {.name = "smtp_auth_profile",
+     .type = KT_SECTION,
+     .help = "smtp_auth_profile \"NAME\" { password_file = ...; }: users "
+             "who may authenticate"},
     {.name = "delivery",
      .type = KT_BLOCK,
      .aux = &conf_table_delivery,
@@ -211,27 +242,13 @@ static const struct conf_key listener_keys[] = {
      .max = 100000,
      .off = LIS(max_connections),
      .help = "concurrent sessions on this listener"},
-    {.name = "max_message_size",
-     .type = KT_SIZE,
-     .def = "10485760",
-     .min = 1024,
-     .max = 1073741824,
-     .off = LIS(max_message_size),
-     .help = "largest message accepted, in bytes"},
-    {.name = "max_recipients",
-     .type = KT_UINT,
-     .def = "1000",
+    CONF_POLICY_PARAM_KEYS(LIS_PP, LIS_DEF),
+    {.name = "smtp_auth_profile",
+     .type = KT_STRING,
      .min = 1,
-     .max = 100000,
-     .off = LIS(max_recipients),
-     .help = "recipients accepted per message"},
-    {.name = "max_messages_per_connection",
-     .type = KT_UINT,
-     .def = "1000",
-     .min = 1,
-     .max = 1000000,
-     .off = LIS(max_messages_per_connection),
-     .help = "messages accepted per session"},
+     .max = 64,
+     .off = LIS(smtp_auth_profile),
+     .help = "the smtp_auth_profile whose users may authenticate here"},
     {.name = "max_errors",
      .type = KT_UINT,
      .def = "20",
@@ -266,12 +283,12 @@ static const struct conf_key listener_keys[] = {
      .off = LIS(chunking),
      .help = "offer CHUNKING (BDAT)"},
     {.name = "relay_senders",
-     .type = KT_CIDRS,
+     .type = KT_STRINGS,
      .max = 10000,
      .off = LIS(relay_sender_count),
      .off2 = LIS(relay_senders),
-     .off3 = LIS(relay_sender_text),
-     .help = "private listeners: networks allowed to relay"},
+     .check = conf_check_sender_entry,
+     .help = "private listeners: the RELAYLIST sender group's hosts"},
 };
 
 const struct conf_table conf_table_listener = {"listener", listener_keys,
@@ -297,6 +314,11 @@ static const struct conf_key rat_row_keys[] = {
      .off = RAT(text),
      .check = conf_check_reply_text,
      .help = "custom SMTP reply text (printable ASCII)"},
+    {.name = "bypass_receiving_control",
+     .type = KT_BOOL,
+     .def = "false",
+     .off = RAT(bypass_receiving_control),
+     .help = "the recipient is neither counted nor refused by rate limits"},
 };
 
 const struct conf_table conf_table_rat_row = {"rat row", rat_row_keys,
@@ -307,7 +329,9 @@ const struct conf_table *const *conf_key_tables(size_t *count)
     static const struct conf_table *const all[] = {
         &conf_table_top,      &mail_log_table,      &conf_table_listener,
         &conf_table_rat_row,  &conf_table_delivery, &conf_table_resolver,
-        &conf_table_route,    &conf_table_dest,     &conf_table_profile};
+        &conf_table_route,    &conf_table_dest,     &conf_table_profile,
+        &conf_table_hat,      &conf_table_sender_group, &conf_table_policy,
+        &conf_table_auth_profile};
     *count = ARRAY_LEN(all);
     return all;
 }
@@ -318,7 +342,7 @@ const char *conf_key_type_name(enum conf_key_type t)
         [KT_STRING] = "string",   [KT_BOOL] = "boolean",
         [KT_UINT] = "number",     [KT_SIZE] = "size",
         [KT_TIME] = "time",       [KT_ENUM] = "word",
-        [KT_ADDRESS] = "address", [KT_CIDRS] = "list of networks",
+        [KT_ADDRESS] = "address", [KT_STRINGS] = "list of strings",
         [KT_BLOCK] = "block",     [KT_SECTION] = "named block",
     };
     return names[t];
@@ -420,6 +444,7 @@ static void conf_free(struct moat_conf *c)
     for (size_t i = 0; i < c->listener_count; i++)
         conf_listener_clear(&c->listeners[i]);
     free(c->listeners);
+    conf_auth_profiles_clear(c);
     conf_delivery_clear(c);
     free(c->path);
     free(c->hostname);
@@ -443,6 +468,7 @@ static struct moat_conf *validate(const struct conf_tree *t,
     conf_block_walk(&v, t->root, &conf_table_top, c, NULL);
     if (c->hostname == NULL)
         default_hostname(&v);
+    conf_auth_profiles_build(&v); /* before the listeners name them */
     conf_sections_build(&v);
     conf_delivery_build(&v);
     if (d->count == 0)

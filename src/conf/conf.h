@@ -14,8 +14,78 @@
 #include "core/netaddr.h"
 #include "core/util.h"
 #include "policy/rat.h"
+#include "policy/sender.h"
 
 enum listener_type { LISTENER_PUBLIC, LISTENER_PRIVATE };
+
+/* Host Access Table access rules (the appliance's connection behaviour). */
+enum hat_access { HAT_ACCEPT, HAT_RELAY, HAT_REJECT, HAT_TCPREFUSE,
+                  HAT_CONTINUE };
+enum policy_tls { POLICY_TLS_OFF, POLICY_TLS_PREFERRED, POLICY_TLS_REQUIRED };
+enum policy_auth { POLICY_AUTH_OFF, POLICY_AUTH_PREFERRED,
+                   POLICY_AUTH_REQUIRED };
+
+/* Mail flow policy parameters. A listener holds the defaults ("Use
+ * Default"); each policy's copy is resolved at load time: what the policy
+ * sets, else the listener's value. Strings NULL = the built-in text. */
+struct conf_policy_params {
+    uint64_t max_message_size;           /* bytes */
+    unsigned max_recipients;             /* per message */
+    unsigned max_messages_per_connection;
+    unsigned max_connections_per_ip;     /* on this listener at once */
+    unsigned max_recipients_per_hour;    /* per client address; 0 = off */
+    unsigned rate_limit_code;
+    char *rate_limit_text;
+    unsigned banner_code;
+    char *banner_text;                   /* NULL: "<host> ESMTP" */
+    char *banner_hostname;               /* NULL: the listener's hostname */
+    unsigned reject_code;
+    char *reject_text;                   /* NULL: "<host> Access denied" */
+    bool sender_dns_verification;
+    unsigned sdv_malformed_code;
+    char *sdv_malformed_text;
+    unsigned sdv_nxdomain_code;
+    char *sdv_nxdomain_text;
+    unsigned sdv_tempfail_code;
+    char *sdv_tempfail_text;
+    int tls;                             /* enum policy_tls */
+    int smtp_auth;                       /* enum policy_auth */
+    bool auth_requires_tls;
+};
+
+struct conf_policy {
+    char *name;
+    int access;                          /* enum hat_access */
+    struct conf_policy_params p;         /* resolved */
+    bool predefined;
+};
+
+/* Connecting-host DNS verification checks of a sender group. */
+enum {
+    SG_DNSV_NO_PTR = 1u << 0,       /* the address has no PTR record */
+    SG_DNSV_PTR_TEMPFAIL = 1u << 1, /* a lookup failed temporarily */
+    SG_DNSV_PTR_MISMATCH = 1u << 2, /* the name does not lead back */
+};
+
+struct conf_sender_group {
+    char *name;
+    size_t policy;                       /* index into the listener's */
+    size_t nsenders;
+    struct sg_entry *senders;
+    char **sender_text;                  /* as written, for the log */
+    unsigned dns_verification;           /* SG_DNSV_* */
+    char *comment;
+    bool predefined;
+};
+
+/* SMTP AUTH profiles: users and their crypt(3) hashes, loaded with the
+ * configuration (a commit re-reads the file). */
+struct auth_db;
+struct conf_auth_profile {
+    char *name;
+    char *password_file;
+    struct auth_db *db;
+};
 
 struct conf_listener {
     char *name;
@@ -24,19 +94,25 @@ struct conf_listener {
     struct netaddr addr;           /* parsed */
     char *hostname;                /* banner and Received: host */
     unsigned max_connections;      /* concurrent sessions on this listener */
-    uint64_t max_message_size;     /* bytes */
-    unsigned max_recipients;       /* per message */
-    unsigned max_messages_per_connection;
+    struct conf_policy_params defaults; /* default policy parameters */
+    char *smtp_auth_profile;       /* name of an smtp_auth_profile, or NULL */
+    const struct conf_auth_profile *auth; /* that profile, resolved */
     unsigned max_errors;           /* errors before 421 and close */
     unsigned command_timeout;      /* seconds waiting for a command */
     unsigned data_timeout;         /* seconds waiting for message data */
     unsigned connection_timeout;   /* seconds a session may last in all */
     bool chunking;                 /* offer CHUNKING/BDAT */
-    /* Private listeners: the RELAYLIST sender group (CIDR blocks) whose
-     * hosts may relay; everyone else matches ALL -> BLOCKED. */
+    /* Private listeners: the predefined RELAYLIST group's senders. */
     size_t relay_sender_count;
-    struct cidr *relay_senders;
-    char **relay_sender_text;      /* as written, for the log's "match" */
+    char **relay_senders;
+    /* The Host Access Table: sender groups in order, first match wins;
+     * then the implicit ALL group with default_policy. */
+    size_t npolicies;
+    struct conf_policy *policies;
+    size_t ngroups;
+    struct conf_sender_group *groups;
+    size_t default_policy;         /* index into policies */
+    bool hat_uses_dnslist;         /* some group has a dnslist[] entry */
     /* Public listeners: the Recipient Access Table, in order; the last
      * row is always "ALL" (reject unless configured otherwise). */
     size_t rat_count;
@@ -132,6 +208,9 @@ struct moat_conf {
     bool log_syslog;       /* also send mail log lines to syslog */
     unsigned id_block;     /* IDs reserved per persistent write */
     unsigned shutdown_timeout; /* seconds SIGTERM waits for sessions */
+    unsigned rate_limit_period; /* seconds a per-address counter lives */
+    unsigned auth_max_failures; /* AUTH failures per address and period */
+    bool hat_reject_at_rcpt;    /* HAT REJECT refuses at RCPT instead */
     size_t listener_count;
     struct conf_listener *listeners;
     struct conf_delivery delivery;
@@ -142,6 +221,8 @@ struct moat_conf {
     struct conf_dest *dests;          /* "Default" always present, first */
     size_t profile_count;
     struct conf_bounce_profile *profiles; /* "Default" always present, first */
+    size_t auth_profile_count;
+    struct conf_auth_profile *auth_profiles;
     int refcount;
 };
 
@@ -169,6 +250,19 @@ void conf_errors_print(const struct conf_errors *errs, FILE *f);
 
 const struct conf_listener *conf_listener_find(const struct moat_conf *c,
                                                const char *name);
+/* A listener's policy by name (case-sensitive), or NULL. */
+const struct conf_policy *conf_policy_find(const struct conf_listener *l,
+                                           const char *name);
+/* `moatctl hat import`: the text of conf_path with its hat "LISTENER"
+ * block replaced by (or, if it has none, followed by) the block in
+ * import_path, which must hold exactly that one block. The result is
+ * not validated here; errors are file:line:col. */
+struct buf;
+bool conf_import_hat(const char *conf_path, const char *listener,
+                     const char *import_path, struct buf *out,
+                     struct conf_errors *errs);
+/* Names of the access rules, TLS and AUTH settings, for show/export. */
+const char *conf_access_name(int access);
 /* The SMTP route for a (lower-case) domain: an exact entry, else the
  * closest ".parent" entry, else "ALL"; NULL when none applies. */
 const struct conf_route *conf_route_find(const struct moat_conf *c,

@@ -29,10 +29,10 @@ void conf_listener_clear(struct conf_listener *l)
     free(l->name);
     free(l->address);
     free(l->hostname);
-    for (size_t i = 0; i < l->relay_sender_count; i++)
-        free(l->relay_sender_text[i]);
-    free(l->relay_sender_text);
-    free(l->relay_senders);
+    free(l->smtp_auth_profile);
+    conf_strings_free(&l->relay_sender_count, &l->relay_senders);
+    conf_params_clear(&l->defaults);
+    conf_hat_clear(l);
     for (size_t i = 0; i < l->rat_count; i++) {
         free(l->rat[i].pattern);
         free(l->rat[i].text);
@@ -364,5 +364,6 @@ void conf_sections_build(struct vctx *v)
                         "} is required");
     check_addresses(v, ln);
     rats_build(v, ln);
+    conf_hats_build(v);
     free(ln);
 }

@@ -141,10 +141,13 @@ enum conf_key_type {
     KT_TIME,    /* seconds; ms s min h d w */
     KT_ENUM,    /* one of aux (NULL-terminated names), stored as int */
     KT_ADDRESS, /* "ip:port": off = char *, off2 = struct netaddr */
-    KT_CIDRS,   /* list: off = count, off2 = struct cidr *, off3 = text */
     KT_BLOCK,   /* key { ... } with aux = sub-table, same target */
-    KT_SECTION  /* key "label" { ... }, handled by its own builder */
+    KT_SECTION, /* key "label" { ... }, handled by its own builder */
+    KT_STRINGS  /* list of strings: off = size_t count, off2 = char **;
+                   each checked by check; max = entries */
 };
+
+#define CONF_MAX_LIST_STRING 1024 /* bytes in one string of a list */
 
 #define KF_REQUIRED 1u
 
@@ -167,7 +170,7 @@ struct conf_table {
     size_t count;
 };
 
-#define CONF_MAX_TABLE_KEYS 32
+#define CONF_MAX_TABLE_KEYS 64
 
 extern const struct conf_table conf_table_top;
 extern const struct conf_table conf_table_listener;
@@ -221,8 +224,33 @@ bool conf_named_block_ok(struct vctx *v, const struct conf_node *n,
 const char *conf_check_hostname(const char *s);
 const char *conf_check_listener_name(const char *s);
 const char *conf_check_reply_text(const char *s);
+/* A sender group entry (policy/sender.h forms). */
+const char *conf_check_sender_entry(const char *s);
 /* Closest of `names` to `s` within a small edit distance, or NULL. */
 const char *conf_suggest(const char *s, const char *const *names, size_t count);
+
+/* Free a KT_STRINGS list and zero it. */
+void conf_strings_free(size_t *count, char ***list);
+/* Copy field `off` of a key of type t from src to dst (strings are
+ * duplicated; the old value of dst is freed). */
+void conf_value_copy(enum conf_key_type t, void *dst, size_t dst_off,
+                     const void *src, size_t src_off);
+
+/* The policy parameter keys, shared by the listener table (the defaults)
+ * and the mail_flow_policy table (conf_hat.c). */
+extern const struct conf_table conf_table_policy;
+extern const struct conf_table conf_table_sender_group;
+extern const struct conf_table conf_table_hat;
+extern const struct conf_table conf_table_auth_profile;
+/* smtp_auth_profile blocks (conf_hat.c), loaded before the listeners. */
+void conf_auth_profiles_build(struct vctx *v);
+void conf_auth_profiles_clear(struct moat_conf *c);
+
+/* The hat blocks: each listener's sender groups and policies (conf_hat.c),
+ * after the listeners exist. */
+void conf_hats_build(struct vctx *v);
+void conf_hat_clear(struct conf_listener *l);
+void conf_params_clear(struct conf_policy_params *p);
 
 /* The listener and rat blocks of the top level (conf_listener.c). */
 void conf_sections_build(struct vctx *v);

@@ -296,45 +296,22 @@ static bool set_address(struct vctx *v, const struct conf_key *k,
     return true;
 }
 
-/* ---- lists of CIDR blocks ---- */
+/* ---- lists of strings ---- */
 
-static void cidrs_free(const struct conf_key *k, void *base)
+void conf_strings_free(size_t *count, char ***list)
 {
-    size_t *count = FIELD(base, k->off, size_t);
-    char ***text = FIELD(base, k->off3, char **);
-    for (size_t i = 0; *text && i < *count; i++)
-        free((*text)[i]);
-    free(*text);
-    free(*FIELD(base, k->off2, struct cidr *));
-    *text = NULL;
-    *FIELD(base, k->off2, struct cidr *) = NULL;
+    for (size_t i = 0; *list && i < *count; i++)
+        free((*list)[i]);
+    free(*list);
+    *list = NULL;
     *count = 0;
 }
 
-/* One element of a CIDR list into slot i. */
-static bool cidr_one(struct vctx *v, const struct conf_key *k,
-                     const struct conf_node *e, void *base)
-{
-    char err[128];
-    size_t *count = FIELD(base, k->off, size_t);
-    struct cidr *cidrs = *FIELD(base, k->off2, struct cidr *);
-    char **text = *FIELD(base, k->off3, char **);
-    if (e->type != NODE_SCALAR) {
-        conf_key_error(v, &e->pos, k->name, "expects addresses, not %s",
-                       conf_node_kind(e));
-        return false;
-    }
-    if (!cidr_parse(e->str, &cidrs[*count], err, sizeof(err))) {
-        conf_key_error(v, &e->pos, k->name, "\"%s\": %s", e->str, err);
-        return false;
-    }
-    text[(*count)++] = xstrdup(e->str);
-    return true;
-}
 
-/* A list (or one scalar) of "addr/prefix" strings. */
-static bool set_cidrs(struct vctx *v, const struct conf_key *k,
-                      const struct conf_node *n, void *base)
+/* A list (or one scalar) of strings, each checked like a KT_STRING of
+ * 1..SG_ENTRY_MAX bytes; k->max bounds the number of entries. */
+static bool set_strings(struct vctx *v, const struct conf_key *k,
+                        const struct conf_node *n, void *base)
 {
     const struct conf_node *first = n->type == NODE_ARRAY ? n->child : n;
     size_t want = n->type == NODE_ARRAY ? n->nchildren : 1;
@@ -343,16 +320,63 @@ static bool set_cidrs(struct vctx *v, const struct conf_key *k,
                        (unsigned long long)k->max);
         return false;
     }
-    cidrs_free(k, base);
-    *FIELD(base, k->off2, struct cidr *) = xcalloc(want, sizeof(struct cidr));
-    *FIELD(base, k->off3, char **) = xcalloc(want, sizeof(char *));
+    conf_strings_free(FIELD(base, k->off, size_t),
+                      FIELD(base, k->off2, char **));
+    char **list = xcalloc(want + 1, sizeof(char *));
+    *FIELD(base, k->off2, char **) = list;
+    size_t *count = FIELD(base, k->off, size_t);
+    struct conf_key one = *k;
+    one.min = 1;
+    one.max = CONF_MAX_LIST_STRING;
     bool ok = true;
     for (const struct conf_node *e = first; e; e = e->next) {
-        ok = cidr_one(v, k, e, base) && ok;
+        char tmp[64];
+        if (e->type != NODE_SCALAR) {
+            conf_key_error(v, &e->pos, k->name, "expects strings, not %s",
+                           conf_node_kind(e));
+            ok = false;
+            continue;
+        }
+        const char *why = string_problem(&one, e, tmp, sizeof(tmp));
+        if (why) {
+            conf_key_error(v, &e->pos, k->name, "\"%s\" %s", e->str, why);
+            ok = false;
+        } else {
+            list[(*count)++] = xstrdup(e->str);
+        }
         if (e == n)
             break;
     }
     return ok;
+}
+
+void conf_value_copy(enum conf_key_type t, void *dst, size_t dst_off,
+                     const void *src, size_t src_off)
+{
+    switch (t) {
+    case KT_STRING: {
+        char **d = FIELD(dst, dst_off, char *);
+        char *const *s = FIELD(src, src_off, char *);
+        free(*d);
+        *d = *s ? xstrdup(*s) : NULL;
+        break;
+    }
+    case KT_BOOL:
+        *FIELD(dst, dst_off, bool) = *FIELD(src, src_off, const bool);
+        break;
+    case KT_UINT:
+    case KT_TIME:
+        *FIELD(dst, dst_off, unsigned) = *FIELD(src, src_off, const unsigned);
+        break;
+    case KT_SIZE:
+        *FIELD(dst, dst_off, uint64_t) = *FIELD(src, src_off, const uint64_t);
+        break;
+    case KT_ENUM:
+        *FIELD(dst, dst_off, int) = *FIELD(src, src_off, const int);
+        break;
+    default:
+        fatal("conf_value_copy: key type %d cannot be copied", (int)t);
+    }
 }
 
 /* ---- dispatch ---- */
@@ -387,8 +411,8 @@ static const struct {
     [KT_TIME] = {set_number, NODE_SCALAR, "a time"},
     [KT_ENUM] = {set_enum, NODE_SCALAR, "a word"},
     [KT_ADDRESS] = {set_address, NODE_SCALAR, "an address \"ip:port\""},
-    [KT_CIDRS] = {set_cidrs, NODE_ARRAY, "a list of addresses"},
     [KT_BLOCK] = {set_block, NODE_OBJECT, "a block { ... }"},
+    [KT_STRINGS] = {set_strings, NODE_ARRAY, "a list of strings"},
 };
 
 bool conf_value_set(struct vctx *v, const struct conf_key *k,
@@ -397,7 +421,7 @@ bool conf_value_set(struct vctx *v, const struct conf_key *k,
     if (k->type >= ARRAY_LEN(setters) || setters[k->type].set == NULL)
         return false;
     bool fits = n->type == setters[k->type].node ||
-                (k->type == KT_CIDRS && n->type == NODE_SCALAR);
+                (k->type == KT_STRINGS && n->type == NODE_SCALAR);
     if (n->label) {
         conf_key_error(v, &n->label_pos, k->name,
                        "takes no name: write %s { ... }", k->name);

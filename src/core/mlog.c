@@ -16,7 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 static struct {
     int fd;
     char *path;
@@ -49,8 +48,7 @@ void mlog_format(char *out, size_t outlen, long long t, enum mlog_level lvl,
     localtime_r(&tt, &tm);
     /* ctime(3) layout: "Tue Oct  8 13:21:35 2024". */
     strftime(stamp, sizeof(stamp), "%a %b %e %H:%M:%S %Y", &tm);
-    if (!str_printf(out, outlen, "%s %s: %s\n", stamp, level_names[lvl],
-                    msg)) {
+    if (!str_printf(out, outlen, "%s %s: %s\n", stamp, level_names[lvl], msg)) {
         /* Keep the line a line even when truncated. */
         if (outlen >= 2) {
             out[outlen - 2] = '\n';
@@ -212,6 +210,45 @@ void mlog_icid_hat(uint64_t icid, const char *rule, const char *group,
          (unsigned long long)icid, rule, group, match);
 }
 
+void mlog_icid_delayed_reject(uint64_t icid, const char *addr)
+{
+    info("ICID %llu Delayed HAT REJECT continuing session for recipient "
+         "logging (%s)",
+         (unsigned long long)icid, addr);
+}
+
+void mlog_icid_sender_dns(uint64_t icid, const char *addr, const char *why)
+{
+    struct buf b = {0};
+    info("ICID %llu Address: <%s> sender rejected, envelope sender %s",
+         (unsigned long long)icid, esc(&b, addr, strlen(addr), 0), why);
+    buf_free(&b);
+}
+
+void mlog_auth(uint64_t icid, bool ok, const char *user, const char *mech,
+               const char *profile)
+{
+    struct buf b = {0};
+    if (ok)
+        info("SMTP Auth: (ICID %llu) succeeded for user: %s using AUTH "
+             "mechanism: %s with profile: %s",
+             (unsigned long long)icid, esc(&b, user, strlen(user), 0), mech,
+             profile);
+    else
+        info("SMTP Auth (ICID %llu) failed for user: %s using AUTH "
+             "mechanism: %s with profile: %s",
+             (unsigned long long)icid, esc(&b, user, strlen(user), 0), mech,
+             profile);
+    buf_free(&b);
+}
+
+void mlog_auth_required(uint64_t icid)
+{
+    info("SMTP Auth (ICID %llu) was required but remote host did not "
+         "initiate it",
+         (unsigned long long)icid);
+}
+
 void mlog_icid_close(uint64_t icid)
 {
     info("ICID %llu close", (unsigned long long)icid);
@@ -253,8 +290,8 @@ void mlog_icid_invalid_sender(uint64_t icid, const char *reason,
                               const char *part)
 {
     struct buf b = {0};
-    info("ICID %llu Invalid sender address: %s: '%s'",
-         (unsigned long long)icid, reason, esc(&b, part, strlen(part), '\''));
+    info("ICID %llu Invalid sender address: %s: '%s'", (unsigned long long)icid,
+         reason, esc(&b, part, strlen(part), '\''));
     buf_free(&b);
 }
 
@@ -296,9 +333,8 @@ void mlog_mid_rcpt_rejected(uint64_t mid, uint64_t icid, const char *to,
                             const char *by)
 {
     struct buf b = {0};
-    info("MID %llu ICID %llu To: <%s> Rejected by %s",
-         (unsigned long long)mid, (unsigned long long)icid,
-         esc(&b, to, strlen(to), 0), by);
+    info("MID %llu ICID %llu To: <%s> Rejected by %s", (unsigned long long)mid,
+         (unsigned long long)icid, esc(&b, to, strlen(to), 0), by);
     buf_free(&b);
 }
 
@@ -333,8 +369,7 @@ void mlog_mid_queued(uint64_t mid)
 
 void mlog_mid_aborted(uint64_t mid)
 {
-    info("Message aborted MID %llu Receiving aborted",
-         (unsigned long long)mid);
+    info("Message aborted MID %llu Receiving aborted", (unsigned long long)mid);
 }
 
 /* ---- delivery events ---------------------------------------------------- */
@@ -363,8 +398,8 @@ void mlog_dcid_close(uint64_t dcid)
     info("DCID %llu close", (unsigned long long)dcid);
 }
 
-void mlog_dcid_delivery_start(uint64_t dcid, uint64_t mid,
-                              const unsigned *rids, size_t n)
+void mlog_dcid_delivery_start(uint64_t dcid, uint64_t mid, const unsigned *rids,
+                              size_t n)
 {
     struct buf b = {0};
     info("Delivery start DCID %llu MID %llu to RID %s",
@@ -373,8 +408,8 @@ void mlog_dcid_delivery_start(uint64_t dcid, uint64_t mid,
     buf_free(&b);
 }
 
-void mlog_dcid_message_done(uint64_t dcid, uint64_t mid,
-                            const unsigned *rids, size_t n)
+void mlog_dcid_message_done(uint64_t dcid, uint64_t mid, const unsigned *rids,
+                            size_t n)
 {
     struct buf b = {0};
     info("Message done DCID %llu MID %llu to RID %s", (unsigned long long)dcid,
@@ -406,8 +441,8 @@ void mlog_connection_error(uint64_t dcid, const char *domain, const char *ip,
     struct buf b = {0};
     info("Connection Error: DCID %llu domain: %s IP: %s port: %u details: %s "
          "interface: %s reason: %s",
-         (unsigned long long)dcid, esc(&b, domain, strlen(domain), 0), ip,
-         port, details, iface[0] ? iface : "unknown", reason);
+         (unsigned long long)dcid, esc(&b, domain, strlen(domain), 0), ip, port,
+         details, iface[0] ? iface : "unknown", reason);
     buf_free(&b);
 }
 
@@ -435,8 +470,8 @@ void mlog_bounced(bool delayed, uint64_t dcid, uint64_t mid, unsigned rid,
 void mlog_double_bounce(uint64_t mid, unsigned rid, const char *enh,
                         const char *reason)
 {
-    info("Double bounce: MID %llu to RID %u - %s - %s",
-         (unsigned long long)mid, rid, enh, reason);
+    info("Double bounce: MID %llu to RID %u - %s - %s", (unsigned long long)mid,
+         rid, enh, reason);
 }
 
 void mlog_mid_bounce_of(uint64_t newmid, uint64_t mid)

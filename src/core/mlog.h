@@ -45,6 +45,15 @@ void mlog_icid_new(uint64_t icid, const char *iface, const char *iface_ip,
                    const char *addr, const char *rdns, bool verified);
 void mlog_icid_hat(uint64_t icid, const char *rule, const char *group,
                    const char *match);
+/* "ICID 5 Delayed HAT REJECT continuing session for recipient logging
+ * (192.0.2.1)" */
+void mlog_icid_delayed_reject(uint64_t icid, const char *addr);
+/* "ICID 5 Address: <a@b> sender rejected, envelope sender domain ..." */
+void mlog_icid_sender_dns(uint64_t icid, const char *addr, const char *why);
+/* SMTP AUTH: outcome "succeeded", "failed"; user may be escaped. */
+void mlog_auth(uint64_t icid, bool ok, const char *user, const char *mech,
+               const char *profile);
+void mlog_auth_required(uint64_t icid);
 void mlog_icid_close(uint64_t icid);
 void mlog_icid_lost(uint64_t icid);
 void mlog_icid_receiving_failed(uint64_t icid, const char *reason);

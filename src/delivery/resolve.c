@@ -33,12 +33,17 @@
 #define MAX_TARGETS 64
 #define MAX_MX 16 /* MX hosts used per target */
 
+struct dns_lookup;
+
 struct resolver {
     struct event_base *base;
     struct ub_ctx *ub;
     unsigned timeout;
     uint64_t queries;
+    struct dns_lookup *lookups; /* every live single lookup */
 };
+
+static void lookups_free_all(struct resolver *r);
 
 struct host {
     char name[NEXTHOP_HOST_MAX];
@@ -55,8 +60,8 @@ struct target {
     char name[NEXTHOP_HOST_MAX];
     uint16_t port;
     unsigned pri;
-    bool literal;   /* an IP address from a route */
-    bool implicit;  /* no MX: the name itself is the host */
+    bool literal;    /* an IP address from a route */
+    bool implicit;   /* no MX: the name itself is the host */
     bool temp, hard; /* its MX lookup failed (route hosts) */
     size_t nhosts;
     struct host hosts[MAX_MX];
@@ -69,12 +74,12 @@ struct resolve_req {
     int ip_pref;
     size_t ntargets;
     struct target *targets;
-    int pending;     /* lookups in flight */
-    bool issuing;    /* inside ub_resolve_event calls */
-    bool finished;   /* result decided (or cancelled) */
+    int pending;   /* lookups in flight */
+    bool issuing;  /* inside ub_resolve_event calls */
+    bool finished; /* result decided (or cancelled) */
     bool cancelled;
-    bool is_route;   /* targets are route hosts: one failing is not fatal */
-    bool timed_out;  /* the request's timer ran out */
+    bool is_route;  /* targets are route hosts: one failing is not fatal */
+    bool timed_out; /* the request's timer ran out */
     struct event *timer;
     struct event *done_ev;
     struct nexthop nh;
@@ -83,8 +88,8 @@ struct resolve_req {
 /* One lookup in flight: which part of the request it answers. */
 struct query {
     struct resolve_req *q;
-    size_t t;     /* target index */
-    int h;        /* host index, -1 for the target's MX query */
+    size_t t; /* target index */
+    int h;    /* host index, -1 for the target's MX query */
     int type;
 };
 
@@ -129,6 +134,17 @@ struct resolver *resolver_new(struct event_base *base,
             what = rc->stubs[i].addrs[j];
             loop |= is_loopback(rc->stubs[i].addrs[j]);
         }
+    /* A stub for a zone unbound answers itself by default (localhost,
+     * 127.in-addr.arpa, the RFC 1918 reverse zones, test., ...) must
+     * reach the stub: make that built-in zone transparent. */
+    for (size_t i = 0; i < rc->nstubs && rc2 == 0; i++) {
+        if (strcmp(rc->stubs[i].zone, ".") == 0)
+            continue;
+        char opt[300];
+        str_printf(opt, sizeof(opt), "%s transparent", rc->stubs[i].zone);
+        rc2 = ub_ctx_set_option(r->ub, "local-zone:", opt);
+        what = rc->stubs[i].zone;
+    }
     if (rc2 == 0 && rc->nforwarders == 0 && rc->resolv_conf &&
         rc->resolv_conf[0]) {
         rc2 = ub_ctx_resolvconf(r->ub, rc->resolv_conf);
@@ -157,6 +173,7 @@ void resolver_free(struct resolver *r)
     if (r == NULL)
         return;
     ub_ctx_delete(r->ub);
+    lookups_free_all(r); /* libunbound will not call back any more */
     free(r);
 }
 
@@ -249,8 +266,8 @@ static void build_result(struct resolve_req *q)
         if (tg->nhosts > 1) {
             qsort(tg->hosts, tg->nhosts, sizeof(tg->hosts[0]), host_cmp);
             for (size_t i = 0, j; i < tg->nhosts; i = j) {
-                for (j = i + 1; j < tg->nhosts && tg->hosts[j].pref ==
-                                                      tg->hosts[i].pref;
+                for (j = i + 1;
+                     j < tg->nhosts && tg->hosts[j].pref == tg->hosts[i].pref;
                      j++)
                     ;
                 shuffle_hosts(tg->hosts, i, j);
@@ -371,8 +388,7 @@ static void lookup(struct resolve_req *q, size_t t, int h, int type)
     qq->t = t;
     qq->h = h;
     qq->type = type;
-    const char *name =
-        h < 0 ? q->targets[t].name : q->targets[t].hosts[h].name;
+    const char *name = h < 0 ? q->targets[t].name : q->targets[t].hosts[h].name;
     q->pending++;
     q->r->queries++;
     int rc = ub_resolve_event(q->r->ub, name, type, 1, qq, on_answer, NULL);
@@ -451,8 +467,7 @@ static bool take_addr(void *arg, const struct dns_rr *rr)
 {
     struct addr_acc *acc = arg;
     struct host *h = acc->h;
-    if (rr->type == DNS_T_A && acc->type == DNS_T_A &&
-        h->n4 < ARRAY_LEN(h->v4))
+    if (rr->type == DNS_T_A && acc->type == DNS_T_A && h->n4 < ARRAY_LEN(h->v4))
         memcpy(&h->v4[h->n4++], rr->u.a, 4);
     else if (rr->type == DNS_T_AAAA && acc->type == DNS_T_AAAA &&
              h->n6 < ARRAY_LEN(h->v6))
@@ -488,7 +503,7 @@ static void on_answer(void *arg, int rcode, void *pkt, int len, int sec,
         else
             rcode = (int)info.rcode;
     }
-    const char *qtype = qq->type == DNS_T_MX ? "MX"
+    const char *qtype = qq->type == DNS_T_MX  ? "MX"
                         : qq->type == DNS_T_A ? "A"
                                               : "AAAA";
     if (qq->h < 0 && q->is_route && (rcode != 0 || pkt == NULL)) {
@@ -534,8 +549,7 @@ static void on_answer(void *arg, int rcode, void *pkt, int len, int sec,
 
 struct resolve_req *resolve_nexthop(struct resolver *r, const char *domain,
                                     const struct conf_route *route,
-                                    int ip_preference, resolve_cb cb,
-                                    void *arg)
+                                    int ip_preference, resolve_cb cb, void *arg)
 {
     struct resolve_req *q = xcalloc(1, sizeof(*q));
     q->r = r;
@@ -566,9 +580,8 @@ struct resolve_req *resolve_nexthop(struct resolver *r, const char *domain,
             q->targets[j] = t;
         }
         for (size_t i = 1; i < n; i++)
-            for (size_t j = i; j > 0 && q->targets[j - 1].pri >
-                                            q->targets[j].pri;
-                 j--) {
+            for (size_t j = i;
+                 j > 0 && q->targets[j - 1].pri > q->targets[j].pri; j--) {
                 struct target t = q->targets[j];
                 q->targets[j] = q->targets[j - 1];
                 q->targets[j - 1] = t;
@@ -615,4 +628,160 @@ void resolve_cancel(struct resolve_req *q)
     evtimer_del(q->done_ev);
     if (q->pending == 0)
         req_free(q);
+}
+
+/* ---- single lookups ---- */
+
+struct dns_lookup {
+    struct dns_lookup *next, **prevp; /* in r->lookups */
+    struct resolver *r;
+    dnsl_cb cb;
+    void *arg;
+    int type;
+    bool in_flight; /* libunbound still holds our pointer */
+    bool finished;  /* result decided (or cancelled) */
+    bool cancelled;
+    struct event *timer;
+    struct event *done_ev;
+    struct dnsl_result res;
+};
+
+static void lookup_free(struct dns_lookup *l)
+{
+    *l->prevp = l->next;
+    if (l->next)
+        l->next->prevp = l->prevp;
+    event_free(l->timer);
+    event_free(l->done_ev);
+    free(l);
+}
+
+static void lookup_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct dns_lookup *l = arg;
+    (void)fd;
+    (void)what;
+    if (!l->cancelled)
+        l->cb(l->arg, &l->res);
+    l->cancelled = true;
+    if (!l->in_flight)
+        lookup_free(l);
+}
+
+static void lookup_finish(struct dns_lookup *l)
+{
+    if (l->finished)
+        return;
+    l->finished = true;
+    evtimer_del(l->timer);
+    struct timeval now = {0, 0};
+    evtimer_add(l->done_ev, &now);
+}
+
+static void lookup_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct dns_lookup *l = arg;
+    (void)fd;
+    (void)what;
+    l->res.status = DNSL_TEMP;
+    lookup_finish(l);
+}
+
+static bool take_record(void *arg, const struct dns_rr *rr)
+{
+    struct dns_lookup *l = arg;
+    struct dnsl_result *res = &l->res;
+    if (rr->type != l->type)
+        return true; /* the CNAME chain on the way */
+    res->nrecords++;
+    if (rr->type == DNS_T_A && res->n4 < DNSL_MAX_ADDRS)
+        memcpy(&res->v4[res->n4++], rr->u.a, 4);
+    else if (rr->type == DNS_T_AAAA && res->n6 < DNSL_MAX_ADDRS)
+        memcpy(&res->v6[res->n6++], rr->u.aaaa, 16);
+    else if ((rr->type == DNS_T_PTR || rr->type == DNS_T_CNAME) &&
+             res->nnames < DNSL_MAX_NAMES &&
+             strlen(rr->u.name) < sizeof(res->names[0]))
+        str_copy(res->names[res->nnames++], sizeof(res->names[0]), rr->u.name);
+    return true;
+}
+
+static void lookup_answer(void *arg, int rcode, void *pkt, int len, int sec,
+                          char *why_bogus, int ratelimited)
+{
+    struct dns_lookup *l = arg;
+    (void)sec;
+    (void)why_bogus;
+    (void)ratelimited;
+    l->in_flight = false;
+    if (l->finished) {
+        /* Timed out or cancelled: only waiting for this answer. */
+        if (l->cancelled)
+            lookup_free(l);
+        return;
+    }
+    struct dnsl_result *res = &l->res;
+    struct dns_msg_info info;
+    char err[128];
+    if (rcode != 0 || pkt == NULL ||
+        dns_wire_parse(pkt, (size_t)len, &info, take_record, l, err,
+                       sizeof(err)) != 0) {
+        memset(res, 0, sizeof(*res));
+        res->status = DNSL_TEMP;
+    } else if (info.rcode == DNS_R_NXDOMAIN) {
+        res->status = DNSL_NXDOMAIN;
+    } else if (info.rcode != DNS_R_NOERROR) {
+        memset(res, 0, sizeof(*res));
+        res->status = DNSL_TEMP;
+    } else {
+        res->status = res->nrecords ? DNSL_OK : DNSL_NODATA;
+    }
+    lookup_finish(l);
+}
+
+struct dns_lookup *resolver_lookup(struct resolver *r, const char *name,
+                                   int type, dnsl_cb cb, void *arg)
+{
+    struct dns_lookup *l = xcalloc(1, sizeof(*l));
+    l->r = r;
+    l->cb = cb;
+    l->arg = arg;
+    l->type = type;
+    l->timer = evtimer_new(r->base, lookup_timeout, l);
+    l->done_ev = evtimer_new(r->base, lookup_done, l);
+    l->next = r->lookups;
+    if (l->next)
+        l->next->prevp = &l->next;
+    l->prevp = &r->lookups;
+    r->lookups = l;
+    struct timeval tv = {(time_t)r->timeout, 0};
+    evtimer_add(l->timer, &tv);
+    r->queries++;
+    l->in_flight = true;
+    if (ub_resolve_event(r->ub, name, type, 1, l, lookup_answer, NULL) != 0) {
+        /* Not sent (a name libunbound refuses, no memory). */
+        l->in_flight = false;
+        l->res.status = DNSL_TEMP;
+        lookup_finish(l);
+    }
+    return l;
+}
+
+void resolver_lookup_cancel(struct dns_lookup *l)
+{
+    if (l == NULL)
+        return;
+    l->cancelled = true;
+    if (!l->finished) {
+        l->finished = true;
+        evtimer_del(l->timer);
+    }
+    evtimer_del(l->done_ev);
+    if (!l->in_flight)
+        lookup_free(l);
+}
+
+static void lookups_free_all(struct resolver *r)
+{
+    while (r->lookups)
+        lookup_free(r->lookups);
 }

@@ -73,6 +73,41 @@ struct resolve_req *resolve_nexthop(struct resolver *r, const char *domain,
 /* Forget a request: its callback will not be called. */
 void resolve_cancel(struct resolve_req *q);
 
+/* ---- single lookups (the SMTP side: FCrDNS, DNS lists, senders) ---- */
+
+enum dnsl_status {
+    DNSL_OK,       /* records of the type asked for (see the counts) */
+    DNSL_NODATA,   /* the name exists, no record of that type */
+    DNSL_NXDOMAIN, /* the name does not exist */
+    DNSL_TEMP,     /* SERVFAIL, timeout, a packet we could not read */
+};
+
+#define DNSL_MAX_NAMES 4
+#define DNSL_MAX_ADDRS 16
+
+struct dnsl_result {
+    enum dnsl_status status;
+    size_t nnames;                            /* PTR, CNAME targets */
+    char names[DNSL_MAX_NAMES][NEXTHOP_HOST_MAX];
+    size_t n4, n6;                            /* A, AAAA */
+    struct in_addr v4[DNSL_MAX_ADDRS];
+    struct in6_addr v6[DNSL_MAX_ADDRS];
+    size_t nrecords;                          /* of the type, in all */
+};
+
+struct dns_lookup;
+typedef void (*dnsl_cb)(void *arg, const struct dnsl_result *res);
+
+/* Look up one name and type (DNS_T_A, DNS_T_AAAA, DNS_T_PTR, DNS_T_MX,
+ * ...). The callback is called exactly once, never from inside this
+ * function, within the resolver's timeout (then DNSL_TEMP) unless the
+ * lookup is cancelled first. Names returned are in dns_wire's
+ * presentation form (lower case, no final dot, odd bytes as \DDD). */
+struct dns_lookup *resolver_lookup(struct resolver *r, const char *name,
+                                   int type, dnsl_cb cb, void *arg);
+/* Forget a lookup: its callback will not be called. */
+void resolver_lookup_cancel(struct dns_lookup *l);
+
 /* Lookups made, for status. */
 uint64_t resolver_queries(const struct resolver *r);
 

@@ -163,14 +163,17 @@ static bool plain_fields(const unsigned char *buf, size_t n, char *user,
         return refuse(why, "empty password");
     if (plen > AUTH_FIELD_MAX || plen >= passlen)
         return refuse(why, "password too long");
+    if (!field_copy(user, userlen, cid, clen) ||
+        !field_copy(pass, passlen, pw, plen))
+        return false;
+    /* The user name is filled in even here, for the log. */
     if (zlen > 0 && (zlen != clen || memcmp(buf, cid, clen) != 0))
-        return refuse(why, "authorization identity not allowed");
-    return field_copy(user, userlen, cid, clen) &&
-           field_copy(pass, passlen, pw, plen);
+        return refuse(why, AUTH_WHY_AUTHZID);
+    return true;
 }
 
-bool auth_plain_decode(const char *b64, char *user, size_t userlen,
-                       char *pass, size_t passlen, const char **why)
+bool auth_plain_decode(const char *b64, char *user, size_t userlen, char *pass,
+                       size_t passlen, const char **why)
 {
     unsigned char buf[PLAIN_B64_MAX / 4 * 3];
     if (userlen)
@@ -183,13 +186,13 @@ bool auth_plain_decode(const char *b64, char *user, size_t userlen,
     ssize_t n = auth_b64_decode(b64, len, buf, sizeof(buf));
     if (n < 0)
         return refuse(why, "invalid base64");
-    bool ok = (size_t)n <= PLAIN_MAX
-                  ? plain_fields(buf, (size_t)n, user, userlen, pass,
-                                 passlen, why)
-                  : refuse(why, "response too long");
+    bool ok = (size_t)n <= PLAIN_MAX ? plain_fields(buf, (size_t)n, user,
+                                                    userlen, pass, passlen, why)
+                                     : refuse(why, "response too long");
     explicit_bzero(buf, sizeof(buf));
     if (!ok) {
-        if (userlen)
+        /* The user name stays for an authzid refusal (for the log). */
+        if (userlen && !(why && *why && strcmp(*why, AUTH_WHY_AUTHZID) == 0))
             user[0] = '\0';
         if (passlen)
             explicit_bzero(pass, passlen);
@@ -214,8 +217,8 @@ bool auth_login_decode(const char *b64, char *out, size_t outlen,
         refuse(why, "empty response");
     else if (memchr(buf, '\0', (size_t)n))
         refuse(why, "NUL in response");
-    else if ((size_t)n > AUTH_FIELD_MAX || !field_copy(out, outlen, buf,
-                                                       (size_t)n))
+    else if ((size_t)n > AUTH_FIELD_MAX ||
+             !field_copy(out, outlen, buf, (size_t)n))
         refuse(why, "response too long");
     else
         ok = true;

@@ -17,6 +17,9 @@
 
 #include <sys/types.h>
 
+/* The reason auth_plain_decode gives for an authzid other than the user
+ * (a well-formed request the server refuses, not a syntax error). */
+#define AUTH_WHY_AUTHZID "authorization identity not allowed"
 #define AUTH_FIELD_MAX 256 /* longest user name / password / authzid */
 #define AUTH_FILE_MAX (16u * 1024 * 1024) /* password file size */
 #define AUTH_LINE_MAX 4096                /* password file line */
@@ -36,8 +39,10 @@ ssize_t auth_b64_encode(const unsigned char *in, size_t inlen, char *out,
 
 /* An RFC 4616 PLAIN response, base64 of "authzid NUL authcid NUL passwd".
  * On success user and pass hold the NUL-terminated authcid and password.
- * On failure both are emptied and *why is a static reason. The authzid
- * may be empty or equal to the authcid; any other is refused. The
+ * On failure both are emptied and *why is a static reason, except that
+ * an authzid other than the authcid (refused, AUTH_WHY_AUTHZID) leaves
+ * the authcid in user for the log. The authzid may be empty or equal to
+ * the authcid. The
  * caller handles "*" (cancel) and "=" (empty initial response) itself. */
 bool auth_plain_decode(const char *b64, char *user, size_t userlen,
                        char *pass, size_t passlen, const char **why);

@@ -28,6 +28,7 @@ struct rat_entry {
     enum rat_action action;
     unsigned code;      /* custom reply code, 0 if none */
     char *text;         /* custom reply text, NULL if none */
+    bool bypass_receiving_control; /* exempt from the rate limit */
     char *file;         /* where the row was written */
     unsigned line;
 };

@@ -1407,6 +1407,11 @@ void queue_free(struct queue *q)
     free(q);
 }
 
+struct resolver *queue_resolver(struct queue *q)
+{
+    return q->res;
+}
+
 void queue_get_stats(const struct queue *q, struct queue_stats *st)
 {
     *st = q->st;

@@ -57,6 +57,9 @@ void queue_set_conf(struct queue *q, struct moat_conf *conf);
  * pending in the spool and are delivered after a restart). */
 void queue_stop(struct queue *q);
 void queue_free(struct queue *q);
+/* The queue's resolver, shared with the SMTP server's HAT lookups; it
+ * lives until queue_free. */
+struct resolver *queue_resolver(struct queue *q);
 
 void queue_get_stats(const struct queue *q, struct queue_stats *st);
 

@@ -7,6 +7,8 @@
  */
 #include "core/mlog.h"
 #include "core/netaddr.h"
+#include "core/worker.h"
+#include "policy/iptable.h"
 #include "smtp/smtp_internal.h"
 
 #include <errno.h>
@@ -17,6 +19,9 @@
 
 #define LISTEN_BACKLOG 1024
 
+/* Client addresses tracked per table (about 64 bytes each). */
+#define IPTABLE_MAX 1000000
+
 struct smtp_server *smtp_server_new(struct event_base *base,
                                     struct spool *spool, struct ids *ids)
 {
@@ -24,8 +29,16 @@ struct smtp_server *smtp_server_new(struct event_base *base,
     srv->base = base;
     srv->spool = spool;
     srv->ids = ids;
+    srv->ip_sessions = iptable_new(IPTABLE_MAX);
+    srv->ip_rcpts = iptable_new(IPTABLE_MAX);
+    srv->ip_authfail = iptable_new(IPTABLE_MAX);
     LIST_INIT(&srv->sessions);
     return srv;
+}
+
+void smtp_server_set_resolver(struct smtp_server *srv, struct resolver *r)
+{
+    srv->resolver = r;
 }
 
 void smtp_server_set_stores(struct smtp_server *srv, struct spool *spool,
@@ -49,8 +62,8 @@ static void on_accept_error(struct evconnlistener *evl, void *arg)
 {
     struct listener *l = arg;
     (void)evl;
-    mlog_system(MLOG_WARNING, "Listener %s: accept failed: %s",
-                l->lc->name, strerror(errno));
+    mlog_system(MLOG_WARNING, "Listener %s: accept failed: %s", l->lc->name,
+                strerror(errno));
 }
 
 void listener_unref(struct listener *l)
@@ -66,11 +79,11 @@ void listener_unref(struct listener *l)
 /* Bind a listener's socket. */
 static struct listener *listener_bind(struct smtp_server *srv,
                                       struct moat_conf *conf,
-                                      const struct conf_listener *lc,
-                                      char *err, size_t errlen)
+                                      const struct conf_listener *lc, char *err,
+                                      size_t errlen)
 {
-    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                     LEV_OPT_CLOSE_ON_EXEC;
+    unsigned flags =
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
     struct evconnlistener *evl = evconnlistener_new_bind(
         srv->base, on_accept, NULL, flags, LISTEN_BACKLOG,
         (const struct sockaddr *)&lc->addr.ss, (int)lc->addr.len);
@@ -97,8 +110,8 @@ static struct listener *listener_same_addr(struct smtp_server *srv,
 {
     for (size_t i = 0; i < srv->nlisteners; i++) {
         const struct netaddr *a = &srv->listeners[i]->lc->addr;
-        if (a->len == lc->addr.len && memcmp(&a->ss, &lc->addr.ss,
-                                             lc->addr.len) == 0)
+        if (a->len == lc->addr.len &&
+            memcmp(&a->ss, &lc->addr.ss, lc->addr.len) == 0)
             return srv->listeners[i];
     }
     return NULL;
@@ -168,8 +181,7 @@ void smtp_server_session_gone(struct smtp_server *srv)
     }
 }
 
-void smtp_server_drain(struct smtp_server *srv, void (*done)(void *),
-                       void *arg)
+void smtp_server_drain(struct smtp_server *srv, void (*done)(void *), void *arg)
 {
     srv->draining = true;
     srv->drained = done;
@@ -197,8 +209,7 @@ void smtp_server_close_all(struct smtp_server *srv)
     }
 }
 
-void smtp_server_get_stats(const struct smtp_server *srv,
-                           struct smtp_stats *st)
+void smtp_server_get_stats(const struct smtp_server *srv, struct smtp_stats *st)
 {
     *st = srv->stats;
 }
@@ -211,5 +222,9 @@ void smtp_server_free(struct smtp_server *srv)
     for (size_t i = 0; i < srv->nlisteners; i++)
         listener_unref(srv->listeners[i]);
     free(srv->listeners);
+    iptable_free(srv->ip_sessions);
+    iptable_free(srv->ip_rcpts);
+    iptable_free(srv->ip_authfail);
+    worker_pool_free(srv->auth_pool);
     free(srv);
 }

@@ -18,6 +18,7 @@ struct event_base;
 struct spool;
 struct ids;
 struct smtp_server;
+struct resolver;
 
 struct smtp_stats {
     uint64_t connections;     /* accepted since start */
@@ -25,6 +26,8 @@ struct smtp_stats {
     uint64_t recipients;      /* accepted recipients of those messages */
     uint64_t rejected_rcpts;  /* refused at RCPT */
     uint64_t aborted;         /* transactions that did not complete */
+    uint64_t refused;         /* connections closed by HAT TCPREFUSE */
+    uint64_t rate_limited;    /* recipients refused by the rate limit */
     size_t sessions;          /* open now */
 };
 
@@ -34,6 +37,9 @@ struct smtp_server *smtp_server_new(struct event_base *base,
  * opened after the listeners are bound and privileges dropped. */
 void smtp_server_set_stores(struct smtp_server *srv, struct spool *spool,
                             struct ids *ids);
+/* The resolver for Host Access Table and sender lookups (owned by the
+ * caller; required before the first connection). */
+void smtp_server_set_resolver(struct smtp_server *srv, struct resolver *r);
 /* Make the listeners match conf: reuse sockets whose address is
  * unchanged, bind new ones, close removed ones. All or nothing: on
  * failure nothing changes and err says which listener failed. */

@@ -15,6 +15,7 @@
 #include "smtp/smtp_cmd.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <netinet/in.h>
 
 /* Verb table: the only place a command name is spelled. */
@@ -442,6 +443,31 @@ static bool param_smtputf8(const char *v, size_t n, struct smtp_mail_params *p)
     return true;
 }
 
+/* AUTH=<xtext> (RFC 4954 5): the identity a relaying client says the
+ * message was submitted by. moat does not trust it (RFC 4954 allows
+ * that) and does not pass it on; it checks its syntax: "<>" or xtext
+ * (printable ASCII but '+' and '=', or "+XX" hex escapes). */
+static bool param_auth(const char *v, size_t n, struct smtp_mail_params *p)
+{
+    (void)p;
+    if (n == 2 && v[0] == '<' && v[1] == '>')
+        return true;
+    if (n == 0 || n > 500)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (ch == '+') {
+            if (i + 2 >= n || !isxdigit((unsigned char)v[i + 1]) ||
+                !isxdigit((unsigned char)v[i + 2]))
+                return false;
+            i += 2;
+        } else if (ch < 33 || ch > 126 || ch == '=') {
+            return false;
+        }
+    }
+    return true;
+}
+
 static const struct mail_param {
     const char *name;
     bool has_value;
@@ -450,6 +476,7 @@ static const struct mail_param {
     {"SIZE", true, param_size},
     {"BODY", true, param_body},
     {"SMTPUTF8", false, param_smtputf8},
+    {"AUTH", true, param_auth},
 };
 
 /* Parse one "KEYWORD[=value]" token s[0..n); *seen tracks repeats. */

@@ -30,6 +30,11 @@ struct smtp_server {
     struct event_base *base;
     struct spool *spool;
     struct ids *ids;
+    struct resolver *resolver;     /* HAT and sender lookups */
+    struct iptable *ip_sessions;   /* open sessions per listener and IP */
+    struct iptable *ip_rcpts;      /* recipients per IP and period */
+    struct iptable *ip_authfail;   /* AUTH failures per IP and period */
+    struct worker_pool *auth_pool; /* password checks, made on first use */
     size_t nlisteners;
     struct listener **listeners;
     struct session_list sessions;

@@ -54,6 +54,10 @@ enum smtp_reply_id {
     R_ADDR_REJECTED,     /* 550 5.1.0 Address rejected (RAT) */
     R_ACCESS_DENIED,     /* 554 5.7.1 Access denied */
     R_AUTH_NOT_AVAIL,    /* 502 5.5.1 AUTH not available */
+    R_AUTH_ALREADY,      /* 503 5.5.1 Already authenticated */
+    R_AUTH_IN_TXN,       /* 503 5.5.1 AUTH not permitted in a transaction */
+    R_AUTH_MECH,         /* 504 5.5.4 Unrecognized authentication type */
+    R_AUTH_REQUIRED,     /* 530 5.7.0 Authentication required */
     R_STARTTLS_NOT_AVAIL, /* 502 5.5.1 STARTTLS not available */
     R__COUNT
 };

@@ -16,31 +16,43 @@
 #include "core/ids.h"
 #include "core/mlog.h"
 #include "core/netaddr.h"
+#include "core/worker.h"
+#include "policy/auth.h"
+#include "policy/iptable.h"
 #include "policy/rat.h"
 #include "smtp/smtp_cmd.h"
 #include "smtp/smtp_data.h"
+#include "smtp/smtp_hat.h"
 #include "smtp/smtp_internal.h"
 #include "smtp/smtp_reply.h"
 #include "spool/spool.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
+#define CRYPT_HASH_COPY_MAX 512  /* a crypt(3) hash is under 384 bytes */
+#define AUTH_THREADS 2           /* password checks at once */
 #define INPUT_HIGH (256 * 1024)  /* stop reading the socket above this */
 #define OUTPUT_HIGH (256 * 1024) /* stop reading commands above this */
 
 enum sstate {
-    SS_CMD,     /* waiting for a command */
-    SS_DATA,    /* reading DATA content */
-    SS_BDAT,    /* reading a BDAT chunk */
-    SS_COMMIT,  /* message handed to the spool, waiting for the flush */
-    SS_CLOSING, /* last reply queued; freed once it is written */
+    SS_HAT,       /* looking the client up before the greeting */
+    SS_LOOKUP,    /* a command waits for a DNS answer (reads nothing) */
+    SS_AUTH,      /* reading an AUTH response line */
+    SS_AUTHCHECK, /* a password is being checked (reads nothing) */
+    SS_CMD,       /* waiting for a command */
+    SS_DATA,      /* reading DATA content */
+    SS_BDAT,      /* reading a BDAT chunk */
+    SS_COMMIT,    /* message handed to the spool, waiting for the flush */
+    SS_CLOSING,   /* last reply queued; freed once it is written */
 };
 
 /* One mail transaction, from MAIL to the end of data or RSET. */
@@ -53,11 +65,11 @@ struct txn {
     struct spool_msg *msg; /* open spool file, NULL until DATA/BDAT */
     struct smtp_data scan;
     bool scanning;
-    struct buf out;        /* scanner output waiting for the spool */
-    int spool_err;         /* first spool error, 0 if none */
+    struct buf out; /* scanner output waiting for the spool */
+    int spool_err;  /* first spool error, 0 if none */
     bool too_big;
-    bool bdat;             /* content arrives by BDAT */
-    uint64_t bdat_left;    /* bytes of the current chunk still to read */
+    bool bdat;          /* content arrives by BDAT */
+    uint64_t bdat_left; /* bytes of the current chunk still to read */
     bool bdat_last;
 };
 
@@ -65,20 +77,40 @@ struct session {
     LIST_ENTRY(session) link;
     struct smtp_server *srv;
     struct listener *lis;
-    struct moat_conf *conf;          /* snapshot this session runs under */
+    struct moat_conf *conf; /* snapshot this session runs under */
     const struct conf_listener *lc;
     struct bufferevent *bev;
     struct event *life_timer;
     uint64_t icid;
     char ip[INET6_ADDRSTRLEN];
+    struct netaddr peer;
     char *helo;
     enum sstate state;
     bool esmtp;
-    bool relay;           /* HAT rule RELAY: RAT not consulted */
-    bool draining;        /* daemon stopping: close after the transaction */
-    bool dead;            /* connection gone, struct kept for the commit */
+    bool relay;      /* HAT rule RELAY (or AUTH): RAT not consulted */
+    bool hat_reject; /* HAT REJECT delayed to RCPT */
+    bool ip_counted; /* counted in the per-IP session table */
+    const struct conf_policy *pol;       /* the HAT's verdict */
+    const struct conf_policy_params *pp; /* its parameters */
+    const char *hostname;                /* banner/EHLO/Received: name */
+    const char *group;                   /* sender group, "None" for ALL */
+    const char *hat_entry;               /* the entry that matched */
+    char rdns[NEXTHOP_HOST_MAX];         /* PTR name, "" if none */
+    enum hat_ptr ptr;
+    bool verified;                     /* rdns leads back to ip */
+    struct hat_dns *hat_dns;           /* lookups before the greeting */
+    struct sender_check *sender_check; /* MAIL waiting for the DNS */
+    char *pending_mail;                /* that MAIL command's argument */
+    /* SMTP AUTH */
+    bool authed;
+    int auth_mech; /* AUTH_MECH_* in progress */
+    int auth_step; /* LOGIN: 0 user, 1 password */
+    char auth_user[AUTH_FIELD_MAX + 1];
+    struct auth_job *auth_job; /* password check in flight */
+    bool draining; /* daemon stopping: close after the transaction */
+    bool dead;     /* connection gone, struct kept for the commit */
     bool commit_pending;
-    bool line_overflow;   /* discarding an over-long command line */
+    bool line_overflow; /* discarding an over-long command line */
     unsigned errors;
     unsigned messages;
     uint64_t discard_left; /* BDAT chunk outside a valid transaction */
@@ -87,6 +119,10 @@ struct session {
 };
 
 static void session_process(struct session *s);
+static void close_after_flush(struct session *s);
+static bool auth_offered(const struct session *s);
+static void auth_response(struct session *s, const char *line);
+static void auth_reset(struct session *s);
 static void session_free(struct session *s);
 static void txn_end(struct session *s, bool log_abort);
 
@@ -115,6 +151,78 @@ static void reply(struct session *s, enum smtp_reply_id id)
     reply_raw(s, r->code, r->enhanced, r->text);
 }
 
+/* A configured text with the appliance's variables expanded: $Hostname,
+ * $RemoteIP, $Group, $HATEntry, $EnvelopeSender (names case-blind).
+ * Control characters never reach the client: configured texts are
+ * printable, and expanded values are host names, addresses, group names
+ * and validated addresses. */
+static void expand_text(const struct session *s, const char *in,
+                        const char *sender, char *out, size_t outlen)
+{
+    const char *host = s->verified              ? s->rdns
+                       : s->ptr == HAT_PTR_TEMP ? "Unknown"
+                                                : "None";
+    const struct {
+        const char *name;
+        const char *value;
+    } vars[] = {
+        {"$Hostname", host},
+        {"$RemoteIP", s->ip},
+        {"$Group", s->group ? s->group : "None"},
+        {"$HATEntry", s->hat_entry ? s->hat_entry : "ALL"},
+        {"$EnvelopeSender", sender ? sender : ""},
+    };
+    struct buf b = {0};
+    while (*in) {
+        size_t k = 0;
+        if (*in == '$')
+            for (; k < ARRAY_LEN(vars); k++)
+                if (strncasecmp(in, vars[k].name, strlen(vars[k].name)) == 0)
+                    break;
+        if (*in == '$' && k < ARRAY_LEN(vars)) {
+            buf_puts(&b, vars[k].value);
+            in += strlen(vars[k].name);
+        } else {
+            buf_putc(&b, *in++);
+        }
+    }
+    str_copy(out, outlen, b.len ? buf_str(&b) : "");
+    buf_free(&b);
+}
+
+/* A reply with a configured code and text (or the default text). A
+ * text starting "#x.y.z " carries its enhanced code (the appliance's
+ * convention); otherwise `enh` is used. */
+static void reply_custom(struct session *s, unsigned code, const char *enh,
+                         const char *text, const char *dflt, const char *sender)
+{
+    char t[400], e[16];
+    expand_text(s, text ? text : dflt, sender, t, sizeof(t));
+    const char *body = t;
+    unsigned x, y, z;
+    int n = 0;
+    if (t[0] == '#' && sscanf(t + 1, "%1u.%3u.%3u %n", &x, &y, &z, &n) == 3 &&
+        n > 0 && x == code / 100) {
+        str_printf(e, sizeof(e), "%u.%u.%u", x, y, z);
+        enh = e;
+        body = t + 1 + n;
+    } else if (enh[0] != (char)('0' + code / 100)) {
+        str_printf(e, sizeof(e), "%u%s", code / 100, enh + 1);
+        enh = e;
+    }
+    reply_raw(s, code, enh, body);
+}
+
+/* The reject banner of the session's policy. */
+static void reply_reject(struct session *s)
+{
+    char dflt[300];
+    str_printf(dflt, sizeof(dflt), "%s %s", s->hostname,
+               smtp_reply_get(R_ACCESS_DENIED)->text);
+    reply_custom(s, s->pp->reject_code, "5.7.1", s->pp->reject_text, dflt,
+                 NULL);
+}
+
 /* Set the read and write timeouts to `secs` seconds. */
 static void set_timeout(struct session *s, unsigned secs)
 {
@@ -125,6 +233,8 @@ static void set_timeout(struct session *s, unsigned secs)
 /* Stop reading and free the session once the queued replies are out. */
 static void close_after_flush(struct session *s)
 {
+    sender_check_cancel(s->sender_check);
+    s->sender_check = NULL;
     /* Ending the session ends its transaction, unless the message is
      * already with the spool (then it completes on its own). */
     if (s->txn && !s->commit_pending)
@@ -174,7 +284,7 @@ static void txn_end(struct session *s, bool log_abort)
 static void txn_spool_out(struct session *s)
 {
     struct txn *t = s->txn;
-    if (!t->too_big && t->scan.bytes_out > s->lc->max_message_size) {
+    if (!t->too_big && t->scan.bytes_out > s->pp->max_message_size) {
         t->too_big = true;
         if (t->msg) {
             spool_msg_abort(t->msg);
@@ -210,14 +320,14 @@ static void received_header(struct session *s, struct buf *b)
     time_t now = time(NULL);
     localtime_r(&now, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-    const char *proto = s->esmtp ? (t->params.smtputf8 ? "UTF8SMTP" : "ESMTP")
-                                 : "SMTP";
+    const char *proto =
+        s->esmtp ? (t->params.smtputf8 ? "UTF8SMTP" : "ESMTP") : "SMTP";
     /* The HELO name and the recipient go in verbatim: both were
      * validated (no CR, LF, NUL or other controls), and escaping them
      * would change the recipient's quoted local part. */
     buf_printf(b, "Received: from %s", s->helo);
     buf_printf(b, " (unknown [%s])\r\n\tby %s with %s id %llu (ICID %llu)",
-               s->ip, s->lc->hostname, proto, (unsigned long long)t->mid,
+               s->ip, s->hostname, proto, (unsigned long long)t->mid,
                (unsigned long long)s->icid);
     if (t->nrcpt == 1) {
         buf_printf(b, "\r\n\tfor <%s>", t->rcpts[0]);
@@ -360,78 +470,150 @@ static void cmd_ehlo_helo(struct session *s, const struct smtp_cmd *c)
     s->esmtp = c->verb == SMTP_EHLO;
     struct evbuffer *out = bufferevent_get_output(s->bev);
     if (!s->esmtp) {
-        evbuffer_add_printf(out, "250 %s\r\n", s->lc->hostname);
+        evbuffer_add_printf(out, "250 %s\r\n", s->hostname);
         return;
     }
     evbuffer_add_printf(out,
                         "250-%s\r\n250-PIPELINING\r\n250-SIZE %llu\r\n"
                         "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n",
-                        s->lc->hostname,
-                        (unsigned long long)s->lc->max_message_size);
+                        s->hostname,
+                        (unsigned long long)s->pp->max_message_size);
     if (s->lc->chunking)
         evbuffer_add_printf(out, "250-CHUNKING\r\n");
+    if (auth_offered(s))
+        evbuffer_add_printf(out, "250-AUTH PLAIN LOGIN\r\n");
     evbuffer_add_printf(out, "250 SMTPUTF8\r\n");
 }
 
-static void cmd_mail(struct session *s, const struct smtp_cmd *c)
+/* Open the transaction for a checked MAIL command. */
+static void mail_accept(struct session *s, const struct smtp_path *path,
+                        const struct smtp_mail_params *p)
 {
-    if (s->helo == NULL)
-        {
-        error_reply(s, R_NEED_HELO);
-        return;
-    }
-    if (s->txn)
-        {
-        error_reply(s, R_NESTED_MAIL);
-        return;
-    }
-    if (s->messages >= s->lc->max_messages_per_connection) {
-        mlog_icid_receiving_failed(s->icid, "Too Many Messages");
-        {
-        reply(s, R_TOO_MANY_MSGS);
-        return;
-    }
-    }
-    struct smtp_path path;
-    struct smtp_mail_params p;
-    const char *why = NULL;
-    enum smtp_reply_id r = smtp_parse_mail(c->arg, &path, &p, &why);
-    if (r == R_NONE && !s->esmtp && (p.size_given || p.smtputf8 ||
-                                     p.body != SMTP_BODY_7BIT))
-        r = R_BAD_PARAM, why = "ESMTP parameter after HELO";
-    if (r == R_NONE && p.body == SMTP_BODY_BINARYMIME && !s->lc->chunking)
-        r = R_BAD_PARAM, why = "BINARYMIME needs CHUNKING";
-    if (r != R_NONE) {
-        mlog_icid_invalid_sender(s->icid, why ? why : "syntax error",
-                                 c->arg);
-        {
-        error_reply(s, r);
-        return;
-    }
-    }
-    if (p.size_given && p.size > s->lc->max_message_size) {
-        mlog_icid_receiving_failed(s->icid, "Message size exceeds limit");
-        {
-        reply(s, R_TOO_BIG_DECLARED);
-        return;
-    }
-    }
     uint64_t mid = ids_next(s->srv->ids, ID_MID);
     if (mid == 0) {
         mlog_system(MLOG_CRITICAL, "cannot reserve message IDs");
-        {
         reply(s, R_LOCAL_ERROR);
         return;
     }
-    }
     struct txn *t = xcalloc(1, sizeof(*t));
     t->mid = mid;
-    t->from = xstrdup(path.addr);
-    t->params = p;
+    t->from = xstrdup(path->addr);
+    t->params = *p;
     s->txn = t;
     mlog_mid_start(mid, s->icid);
     mlog_mid_from(mid, s->icid, t->from);
     reply(s, R_SENDER_OK);
+}
+
+/* Parse and check a MAIL argument; R_NONE if it may go on. Answers and
+ * logs the failures itself (then returns something else). */
+static bool mail_parse(struct session *s, const char *arg,
+                       struct smtp_path *path, struct smtp_mail_params *p)
+{
+    const char *why = NULL;
+    enum smtp_reply_id r = smtp_parse_mail(arg, path, p, &why);
+    if (r == R_NONE && !s->esmtp &&
+        (p->size_given || p->smtputf8 || p->body != SMTP_BODY_7BIT))
+        r = R_BAD_PARAM, why = "ESMTP parameter after HELO";
+    if (r == R_NONE && p->body == SMTP_BODY_BINARYMIME && !s->lc->chunking)
+        r = R_BAD_PARAM, why = "BINARYMIME needs CHUNKING";
+    if (r != R_NONE) {
+        mlog_icid_invalid_sender(s->icid, why ? why : "syntax error", arg);
+        error_reply(s, r);
+        return false;
+    }
+    if (p->size_given && p->size > s->pp->max_message_size) {
+        mlog_icid_receiving_failed(s->icid, "Message size exceeds limit");
+        reply(s, R_TOO_BIG_DECLARED);
+        return false;
+    }
+    return true;
+}
+
+/* The envelope sender's domain was looked up. */
+static void on_sender_checked(void *arg, enum dnsl_status st)
+{
+    struct session *s = arg;
+    s->sender_check = NULL;
+    struct smtp_path path;
+    struct smtp_mail_params p;
+    char *arg_text = s->pending_mail;
+    s->pending_mail = NULL;
+    s->state = SS_CMD;
+    /* Parsed and checked before the lookup; parse it again here. */
+    if (mail_parse(s, arg_text, &path, &p)) {
+        if (st == DNSL_OK) {
+            mail_accept(s, &path, &p);
+        } else if (st == DNSL_NXDOMAIN) {
+            mlog_icid_sender_dns(s->icid, path.addr, "domain does not exist");
+            reply_custom(s, s->pp->sdv_nxdomain_code, "5.1.8",
+                         s->pp->sdv_nxdomain_text,
+                         "#5.1.8 Domain of sender address <$EnvelopeSender> "
+                         "does not exist",
+                         path.addr);
+        } else {
+            mlog_icid_sender_dns(s->icid, path.addr,
+                                 "domain could not be resolved");
+            reply_custom(s, s->pp->sdv_tempfail_code, "4.1.8",
+                         s->pp->sdv_tempfail_text,
+                         "#4.1.8 Domain of sender address <$EnvelopeSender> "
+                         "does not resolve",
+                         path.addr);
+        }
+    }
+    free(arg_text);
+    session_process(s);
+}
+
+/* Envelope sender DNS verification: true if MAIL may go on now; false
+ * if it was answered or waits for the lookup. */
+static bool sender_dns_ok(struct session *s, const struct smtp_path *path,
+                          const char *arg)
+{
+    if (!s->pp->sender_dns_verification || path->is_null)
+        return true;
+    const char *d = path->domain;
+    if (d == NULL || d[0] == '[' || strchr(d, '.') == NULL) {
+        mlog_icid_sender_dns(s->icid, path->addr, "domain missing");
+        reply_custom(s, s->pp->sdv_malformed_code, "5.5.4",
+                     s->pp->sdv_malformed_text,
+                     "#5.5.4 Domain required for sender address", path->addr);
+        return false;
+    }
+    s->pending_mail = xstrdup(arg);
+    s->state = SS_LOOKUP;
+    s->sender_check =
+        sender_check_start(s->srv->resolver, d, on_sender_checked, s);
+    return false;
+}
+
+static void cmd_mail(struct session *s, const struct smtp_cmd *c)
+{
+    if (s->helo == NULL) {
+        error_reply(s, R_NEED_HELO);
+        return;
+    }
+    if (s->txn) {
+        error_reply(s, R_NESTED_MAIL);
+        return;
+    }
+    if (s->pp->smtp_auth == POLICY_AUTH_REQUIRED && !s->authed) {
+        mlog_auth_required(s->icid);
+        error_reply(s, R_AUTH_REQUIRED);
+        return;
+    }
+    if (s->messages >= s->pp->max_messages_per_connection) {
+        mlog_icid_receiving_failed(s->icid, "Too Many Messages");
+        reply(s, R_TOO_MANY_MSGS);
+        return;
+    }
+    struct smtp_path path;
+    struct smtp_mail_params p;
+    if (!mail_parse(s, c->arg, &path, &p))
+        return;
+    if (!sender_dns_ok(s, &path, c->arg))
+        return;
+    mail_accept(s, &path, &p);
 }
 
 /* Reply for a RAT row: its custom code/text, or the default. */
@@ -447,16 +629,32 @@ static void rat_reply(struct session *s, const struct rat_entry *row,
         reply(s, dflt);
 }
 
+/* The policy's recipients-per-hour limit, counted per client address
+ * on every listener together; a recipient that passes is counted. RAT
+ * rows with bypass_receiving_control are exempt. */
+static bool rate_limit_ok(struct session *s, const struct rat_entry *row)
+{
+    unsigned limit = s->pp->max_recipients_per_hour;
+    if (limit == 0 || (row && row->bypass_receiving_control))
+        return true;
+    uint64_t *n = iptable_counter(s->srv->ip_rcpts, &s->peer, 0, time(NULL),
+                                  s->conf->rate_limit_period);
+    if (n == NULL)
+        return true; /* table full: never refuse for that */
+    if (*n >= limit)
+        return false;
+    (*n)++;
+    return true;
+}
+
 static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 {
     struct txn *t = s->txn;
-    if (t == NULL)
-        {
+    if (t == NULL) {
         error_reply(s, R_NEED_MAIL);
         return;
     }
-    if (t->bdat)
-        {
+    if (t->bdat) {
         error_reply(s, R_BAD_SEQUENCE);
         return;
     }
@@ -468,19 +666,22 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
         mlog_icid_invalid_rcpt(s->icid, t->mid, why ? why : "syntax error",
                                c->arg);
         s->srv->stats.rejected_rcpts++;
-        {
         error_reply(s, r);
         return;
     }
-    }
-    if (t->nrcpt >= s->lc->max_recipients) {
+    if (t->nrcpt >= s->pp->max_recipients) {
         mlog_mid_rcpt_rejected(t->mid, s->icid, path.addr,
                                "Receiving Control (too many recipients)");
         s->srv->stats.rejected_rcpts++;
-        {
         reply(s, R_TOO_MANY_RCPTS);
         return;
     }
+    if (s->hat_reject) {
+        /* HAT REJECT delayed to the recipients: log each, refuse each. */
+        mlog_mid_rcpt_rejected(t->mid, s->icid, path.addr, "HAT");
+        s->srv->stats.rejected_rcpts++;
+        reply_reject(s);
+        return;
     }
     const struct rat_entry *row = NULL;
     if (!s->relay) {
@@ -488,14 +689,19 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
         if (row == NULL || row->action == RAT_REJECT) {
             mlog_mid_rcpt_rejected(t->mid, s->icid, path.addr, "RAT");
             s->srv->stats.rejected_rcpts++;
-            {
-        rat_reply(s, row, R_ADDR_REJECTED);
-        return;
-    }
+            rat_reply(s, row, R_ADDR_REJECTED);
+            return;
         }
     }
-    t->rcpts = xgrow(t->rcpts, &t->rcpt_cap, t->nrcpt + 1,
-                     sizeof(*t->rcpts));
+    if (!rate_limit_ok(s, row)) {
+        mlog_mid_rcpt_rejected(t->mid, s->icid, path.addr, "Receiving Control");
+        s->srv->stats.rejected_rcpts++;
+        s->srv->stats.rate_limited++;
+        reply_custom(s, s->pp->rate_limit_code, "4.3.2", s->pp->rate_limit_text,
+                     "Too many recipients received this hour", NULL);
+        return;
+    }
+    t->rcpts = xgrow(t->rcpts, &t->rcpt_cap, t->nrcpt + 1, sizeof(*t->rcpts));
     t->rcpts[t->nrcpt] = xstrdup(path.addr);
     mlog_mid_rcpt(t->mid, s->icid, (unsigned)t->nrcpt, path.addr);
     t->nrcpt++;
@@ -514,8 +720,7 @@ static enum smtp_reply_id content_ready(const struct session *s)
 
 static void cmd_data(struct session *s, const struct smtp_cmd *c)
 {
-    if (c->arg[0])
-        {
+    if (c->arg[0]) {
         error_reply(s, R_NO_ARGS);
         return;
     }
@@ -524,8 +729,7 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
         r = R_BDAT_MIX;
     if (r == R_NONE && s->txn->params.body == SMTP_BODY_BINARYMIME)
         r = R_BDAT_MIX;
-    if (r != R_NONE)
-        {
+    if (r != R_NONE) {
         error_reply(s, r);
         return;
     }
@@ -540,8 +744,7 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 {
     uint64_t size;
     bool last;
-    if (!s->lc->chunking)
-        {
+    if (!s->lc->chunking) {
         error_reply(s, R_UNKNOWN_CMD);
         return;
     }
@@ -578,8 +781,7 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
 
 static void cmd_rset(struct session *s, const struct smtp_cmd *c)
 {
-    if (c->arg[0])
-        {
+    if (c->arg[0]) {
         error_reply(s, R_NO_ARGS);
         return;
     }
@@ -603,8 +805,7 @@ static void cmd_quit(struct session *s, const struct smtp_cmd *c)
 
 static void cmd_vrfy(struct session *s, const struct smtp_cmd *c)
 {
-    if (c->arg[0] == '\0')
-        {
+    if (c->arg[0] == '\0') {
         error_reply(s, R_SYNTAX);
         return;
     }
@@ -629,22 +830,254 @@ static void cmd_starttls(struct session *s, const struct smtp_cmd *c)
     error_reply(s, R_STARTTLS_NOT_AVAIL);
 }
 
+/* ---- SMTP AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) ---------------------- */
+
+enum { AUTH_MECH_NONE, AUTH_MECH_PLAIN, AUTH_MECH_LOGIN };
+
+static const char *const mech_names[] = {"", "PLAIN", "LOGIN"};
+
+/* A password check on a worker thread. It owns copies of everything it
+ * needs: a commit may free the profile while the check runs. */
+struct auth_job {
+    struct session *s; /* NULL once the session is gone */
+    struct worker_job *wj;
+    char hash[CRYPT_HASH_COPY_MAX];
+    bool known; /* the user exists (hash is theirs) */
+    char password[AUTH_FIELD_MAX + 1];
+    bool ok;
+};
+
+/* Is AUTH offered to this session? */
+static bool auth_offered(const struct session *s)
+{
+    return s->pp->smtp_auth != POLICY_AUTH_OFF && s->lc->auth &&
+           s->lc->auth->db && !s->pp->auth_requires_tls && !s->authed;
+}
+
+static void auth_reset(struct session *s)
+{
+    s->auth_mech = AUTH_MECH_NONE;
+    s->auth_step = 0;
+    explicit_bzero(s->auth_user, sizeof(s->auth_user));
+}
+
+static void auth_work(void *arg)
+{
+    struct auth_job *j = arg;
+    j->ok =
+        auth_check_password(j->known ? j->hash : NULL, j->password) && j->known;
+    explicit_bzero(j->password, sizeof(j->password));
+}
+
+static void auth_done(void *arg, bool cancelled)
+{
+    struct auth_job *j = arg;
+    struct session *s = j->s;
+    bool ok = j->ok;
+    explicit_bzero(j, sizeof(*j));
+    free(j);
+    if (cancelled || s == NULL)
+        return;
+    s->auth_job = NULL;
+    const char *mech = mech_names[s->auth_mech];
+    const char *profile = s->lc->auth->name;
+    s->state = SS_CMD;
+    if (ok) {
+        mlog_auth(s->icid, true, s->auth_user, mech, profile);
+        s->authed = true;
+        s->relay = true; /* an authenticated client may relay */
+        reply_raw(s, 235, "2.7.0", "Authentication successful");
+    } else {
+        mlog_auth(s->icid, false, s->auth_user, mech, profile);
+        reply_raw(s, 535, "5.7.8", "Authentication credentials invalid");
+        uint64_t *n = iptable_counter(s->srv->ip_authfail, &s->peer, 0,
+                                      time(NULL), s->conf->rate_limit_period);
+        if (n && ++*n >= s->conf->auth_max_failures) {
+            mlog_icid_disconnected(s->icid, s->ip,
+                                   "too many authentication failures");
+            reply_raw(s, 421, "4.7.0",
+                      "Too many authentication failures, closing connection");
+            auth_reset(s);
+            close_after_flush(s);
+            return;
+        }
+    }
+    auth_reset(s);
+    session_process(s);
+}
+
+/* Check user/password off the event loop. */
+static void auth_check(struct session *s, const char *password)
+{
+    struct smtp_server *srv = s->srv;
+    if (srv->auth_pool == NULL)
+        srv->auth_pool = worker_pool_new(srv->base, AUTH_THREADS);
+    struct auth_job *j = xcalloc(1, sizeof(*j));
+    j->s = s;
+    const char *hash = auth_db_hash(s->lc->auth->db, s->auth_user);
+    j->known = hash && strlen(hash) < sizeof(j->hash);
+    if (j->known)
+        str_copy(j->hash, sizeof(j->hash), hash);
+    str_copy(j->password, sizeof(j->password), password);
+    j->wj = srv->auth_pool
+                ? worker_submit(srv->auth_pool, auth_work, auth_done, j)
+                : NULL;
+    if (j->wj == NULL) {
+        explicit_bzero(j, sizeof(*j));
+        free(j);
+        mlog_system(MLOG_WARNING,
+                    "ICID %llu AUTH: password check could not "
+                    "be queued",
+                    (unsigned long long)s->icid);
+        auth_reset(s);
+        reply_raw(s, 454, "4.7.0", "Temporary authentication failure");
+        return;
+    }
+    s->auth_job = j;
+    s->state = SS_AUTHCHECK;
+}
+
+/* Forget a check in flight (the session is going away). */
+static void auth_abandon(struct session *s)
+{
+    if (s->auth_job) {
+        s->auth_job->s = NULL;
+        worker_cancel(s->auth_job->wj);
+        s->auth_job = NULL;
+    }
+    auth_reset(s);
+}
+
+/* One client response (a base64 line, or "*"), or the initial response
+ * of the AUTH command. */
+static void auth_response(struct session *s, const char *line)
+{
+    char pass[AUTH_FIELD_MAX + 1];
+    const char *why = NULL;
+    s->state = SS_CMD;
+    if (strcmp(line, "*") == 0) {
+        auth_reset(s);
+        reply_raw(s, 501, "5.7.0", "Authentication aborted");
+        return;
+    }
+    if (s->auth_mech == AUTH_MECH_PLAIN) {
+        bool dec = auth_plain_decode(line, s->auth_user, sizeof(s->auth_user),
+                                     pass, sizeof(pass), &why);
+        if (!dec && why && strcmp(why, AUTH_WHY_AUTHZID) == 0) {
+            /* Well formed, but acting for someone else: a failure. */
+            mlog_auth(s->icid, false, s->auth_user, "PLAIN", s->lc->auth->name);
+            auth_reset(s);
+            explicit_bzero(pass, sizeof(pass));
+            reply_raw(s, 535, "5.7.8", "Authentication credentials invalid");
+            return;
+        }
+        if (!dec) {
+            mlog_icid_bad_syntax(s->icid, "AUTH PLAIN", 10);
+            auth_reset(s);
+            error_reply(s, R_SYNTAX);
+            return;
+        }
+        auth_check(s, pass);
+        explicit_bzero(pass, sizeof(pass));
+        return;
+    }
+    /* LOGIN: the user name, then the password. */
+    char *out = s->auth_step == 0 ? s->auth_user : pass;
+    size_t outlen = s->auth_step == 0 ? sizeof(s->auth_user) : sizeof(pass);
+    if (!auth_login_decode(line, out, outlen, &why) ||
+        (s->auth_step == 0 && strpbrk(out, "\x01\x02\x03\x04\x05\x06\x07"
+                                           "\x08\x09\x0a\x0b\x0c\x0d\x0e"
+                                           "\x0f\x10\x11\x12\x13\x14\x15"
+                                           "\x16\x17\x18\x19\x1a\x1b\x1c"
+                                           "\x1d\x1e\x1f\x7f"))) {
+        mlog_icid_bad_syntax(s->icid, "AUTH LOGIN", 10);
+        auth_reset(s);
+        explicit_bzero(pass, sizeof(pass));
+        error_reply(s, R_SYNTAX);
+        return;
+    }
+    if (s->auth_step == 0) {
+        s->auth_step = 1;
+        s->state = SS_AUTH;
+        reply_raw(s, 334, NULL, "UGFzc3dvcmQ6"); /* "Password:" */
+        return;
+    }
+    auth_check(s, pass);
+    explicit_bzero(pass, sizeof(pass));
+}
+
 static void cmd_auth(struct session *s, const struct smtp_cmd *c)
 {
-    (void)c;
-    error_reply(s, R_AUTH_NOT_AVAIL);
+    if (!auth_offered(s) && !s->authed) {
+        error_reply(s, R_AUTH_NOT_AVAIL);
+        return;
+    }
+    if (s->helo == NULL || !s->esmtp) {
+        error_reply(s, R_NEED_HELO);
+        return;
+    }
+    if (s->authed) {
+        error_reply(s, R_AUTH_ALREADY);
+        return;
+    }
+    if (s->txn) {
+        error_reply(s, R_AUTH_IN_TXN);
+        return;
+    }
+    uint64_t fails = iptable_peek(s->srv->ip_authfail, &s->peer, 0, time(NULL),
+                                  s->conf->rate_limit_period);
+    if (fails >= s->conf->auth_max_failures) {
+        mlog_icid_disconnected(s->icid, s->ip,
+                               "too many authentication failures");
+        reply_raw(s, 421, "4.7.0",
+                  "Too many authentication failures, closing connection");
+        close_after_flush(s);
+        return;
+    }
+    char mech[16] = "";
+    const char *sp = strchr(c->arg, ' ');
+    size_t mlen = sp ? (size_t)(sp - c->arg) : strlen(c->arg);
+    if (mlen == 0 || mlen >= sizeof(mech)) {
+        error_reply(s, R_SYNTAX);
+        return;
+    }
+    memcpy(mech, c->arg, mlen);
+    const char *initial = sp ? sp + 1 : NULL;
+    if (str_ieq(mech, "PLAIN"))
+        s->auth_mech = AUTH_MECH_PLAIN;
+    else if (str_ieq(mech, "LOGIN"))
+        s->auth_mech = AUTH_MECH_LOGIN;
+    else {
+        error_reply(s, R_AUTH_MECH);
+        return;
+    }
+    if (initial && strcmp(initial, "=") == 0)
+        initial = ""; /* an empty initial response (RFC 4954 4) */
+    if (initial && (initial[0] || s->auth_mech == AUTH_MECH_PLAIN)) {
+        if (initial[0] == '\0') {
+            /* PLAIN with an empty response cannot succeed. */
+            auth_reset(s);
+            error_reply(s, R_SYNTAX);
+            return;
+        }
+        auth_response(s, initial);
+        return;
+    }
+    s->state = SS_AUTH;
+    reply_raw(s, 334, NULL,
+              s->auth_mech == AUTH_MECH_PLAIN ? "" : "VXNlcm5hbWU6");
 }
 
 static const struct {
     enum smtp_verb verb;
     void (*fn)(struct session *, const struct smtp_cmd *);
 } handlers[] = {
-    {SMTP_HELO, cmd_ehlo_helo}, {SMTP_EHLO, cmd_ehlo_helo},
-    {SMTP_MAIL, cmd_mail},      {SMTP_RCPT, cmd_rcpt},
-    {SMTP_DATA, cmd_data},      {SMTP_BDAT, cmd_bdat},
-    {SMTP_RSET, cmd_rset},      {SMTP_NOOP, cmd_noop},
-    {SMTP_QUIT, cmd_quit},      {SMTP_VRFY, cmd_vrfy},
-    {SMTP_EXPN, cmd_expn},      {SMTP_HELP, cmd_help},
+    {SMTP_HELO, cmd_ehlo_helo},    {SMTP_EHLO, cmd_ehlo_helo},
+    {SMTP_MAIL, cmd_mail},         {SMTP_RCPT, cmd_rcpt},
+    {SMTP_DATA, cmd_data},         {SMTP_BDAT, cmd_bdat},
+    {SMTP_RSET, cmd_rset},         {SMTP_NOOP, cmd_noop},
+    {SMTP_QUIT, cmd_quit},         {SMTP_VRFY, cmd_vrfy},
+    {SMTP_EXPN, cmd_expn},         {SMTP_HELP, cmd_help},
     {SMTP_STARTTLS, cmd_starttls}, {SMTP_AUTH, cmd_auth},
 };
 
@@ -655,24 +1088,19 @@ static void handle_command(struct session *s, const char *line, size_t len)
     enum smtp_reply_id r = smtp_cmd_parse(line, len, &c);
     if (r == R_UNKNOWN_CMD) {
         mlog_icid_unknown_command(s->icid, line, len);
-        {
         error_reply(s, R_UNKNOWN_CMD);
         return;
     }
-    }
     if (r != R_NONE) {
         mlog_icid_bad_syntax(s->icid, line, len);
-        {
         error_reply(s, r);
         return;
     }
-    }
     for (size_t i = 0; i < ARRAY_LEN(handlers); i++)
-        if (handlers[i].verb == c.verb)
-            {
-        handlers[i].fn(s, &c);
-        return;
-    }
+        if (handlers[i].verb == c.verb) {
+            handlers[i].fn(s, &c);
+            return;
+        }
     error_reply(s, R_UNKNOWN_CMD);
 }
 
@@ -704,6 +1132,10 @@ static bool process_command(struct session *s, struct evbuffer *in)
     if (s->line_overflow || len + 2 > SMTP_CMD_LINE_MAX) {
         s->line_overflow = false;
         evbuffer_drain(in, len + eol_len);
+        if (s->state == SS_AUTH) {
+            s->state = SS_CMD;
+            auth_reset(s);
+        }
         mlog_icid_bad_syntax(s->icid, "(line too long)", 15);
         error_reply(s, R_LINE_TOO_LONG);
         return true;
@@ -712,7 +1144,11 @@ static bool process_command(struct session *s, struct evbuffer *in)
     evbuffer_remove(in, line, len);
     line[len] = '\0';
     evbuffer_drain(in, eol_len);
-    handle_command(s, line, len);
+    if (s->state == SS_AUTH)
+        auth_response(s, line);
+    else
+        handle_command(s, line, len);
+    explicit_bzero(line, len);
     return true;
 }
 
@@ -724,8 +1160,7 @@ static bool process_data(struct session *s, struct evbuffer *in)
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
-        size_t used = smtp_data_feed(&t->scan, v.iov_base, v.iov_len,
-                                     &t->out);
+        size_t used = smtp_data_feed(&t->scan, v.iov_base, v.iov_len, &t->out);
         evbuffer_drain(in, used);
         txn_spool_out(s);
         if (t->scan.done) {
@@ -738,8 +1173,8 @@ static bool process_data(struct session *s, struct evbuffer *in)
 }
 
 /* Take up to `left` bytes of a BDAT chunk; returns bytes taken. */
-static size_t bdat_take(struct session *s, struct evbuffer *in,
-                        uint64_t left, bool keep)
+static size_t bdat_take(struct session *s, struct evbuffer *in, uint64_t left,
+                        bool keep)
 {
     size_t taken = 0;
     while (left > taken && evbuffer_get_length(in) > 0) {
@@ -798,6 +1233,7 @@ static void session_process(struct session *s)
     while (progress) {
         switch (s->state) {
         case SS_CMD:
+        case SS_AUTH:
             progress = process_command(s, in);
             break;
         case SS_DATA:
@@ -847,9 +1283,9 @@ static void session_timeout(struct session *s, const char *why)
     else
         mlog_icid_disconnected(
             s->icid, s->ip,
-            why ? why
-                : s->messages ? "command timeout"
-                              : "no messages injected within timeout period");
+            why           ? why
+            : s->messages ? "command timeout"
+                          : "no messages injected within timeout period");
     if (s->state == SS_COMMIT)
         return; /* the commit will answer; the client may still get it */
     txn_end(s, true);
@@ -894,43 +1330,125 @@ static void on_life_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ---- life cycle ------------------------------------------------------- */
 
-/* The HAT decision for a new connection (placeholder groups until the
- * Host Access Table lands): public listeners ACCEPT as UNKNOWNLIST;
- * private listeners RELAY for RELAYLIST and REJECT everyone else. */
-static bool session_hat(struct session *s, const struct netaddr *peer)
+/* ---- the Host Access Table ------------------------------------------ */
+
+/* Count the session against its policy's per-IP limit; false if over. */
+static bool ip_limit_ok(struct session *s)
 {
-    const struct conf_listener *lc = s->lc;
-    if (lc->type == LISTENER_PUBLIC) {
-        mlog_icid_hat(s->icid, "ACCEPT", "UNKNOWNLIST", "ALL");
-        return true;
+    uint32_t tag = iptable_tag(s->lc->name);
+    uint64_t *n = iptable_counter(s->srv->ip_sessions, &s->peer, tag, 0, 0);
+    if (n == NULL)
+        return true; /* table full: never refuse for that */
+    if (*n >= s->pp->max_connections_per_ip) {
+        if (*n == 0)
+            iptable_release(s->srv->ip_sessions, &s->peer, tag);
+        return false;
     }
-    for (size_t i = 0; i < lc->relay_sender_count; i++) {
-        if (cidr_match(&lc->relay_senders[i], peer)) {
-            mlog_icid_hat(s->icid, "RELAY", "RELAYLIST",
-                          lc->relay_sender_text[i]);
-            s->relay = true;
-            return true;
-        }
+    (*n)++;
+    s->ip_counted = true;
+    return true;
+}
+
+static void start_life(struct session *s)
+{
+    s->life_timer = evtimer_new(s->srv->base, on_life_timer, s);
+    struct timeval life = {(time_t)s->lc->connection_timeout, 0};
+    evtimer_add(s->life_timer, &life);
+}
+
+/* The lookups are in: log the connection, apply the table's verdict. */
+static void on_hat_facts(void *arg)
+{
+    struct session *s = arg;
+    struct smtp_server *srv = s->srv;
+    const struct hat_facts *f = hat_dns_facts(s->hat_dns);
+    struct hat_verdict v;
+    hat_evaluate(s->lc, f, &v);
+    s->ptr = f->ptr;
+    str_copy(s->rdns, sizeof(s->rdns), f->name);
+    s->verified = f->verified;
+    hat_dns_free(s->hat_dns);
+    s->hat_dns = NULL;
+    s->pol = v.policy;
+    s->pp = &v.policy->p;
+    s->group = v.group ? v.group->name : "None";
+    s->hat_entry = v.match;
+    if (s->pp->banner_hostname)
+        s->hostname = s->pp->banner_hostname;
+    char rule[16];
+    str_copy(rule, sizeof(rule), conf_access_name(s->pol->access));
+    for (char *p = rule; *p; p++)
+        *p = (char)toupper((unsigned char)*p);
+
+    if (s->pol->access == HAT_TCPREFUSE) {
+        /* As on the appliance: no ICID, nothing said, the socket closed. */
+        mlog_icid_hat(0, "TCPREFUSE", s->group, s->hat_entry);
+        srv->stats.refused++;
+        session_free(s);
+        return;
     }
-    mlog_icid_hat(s->icid, "REJECT", "ALL", "ALL");
-    return false;
+    s->icid = ids_next(srv->ids, ID_ICID);
+    if (s->icid == 0) {
+        mlog_system(MLOG_CRITICAL, "cannot reserve connection IDs");
+        reply(s, R_LOCAL_ERROR);
+        close_after_flush(s);
+        return;
+    }
+    mlog_icid_new(s->icid, s->lc->name, s->lis->ip, s->ip,
+                  s->rdns[0] ? s->rdns : NULL, s->verified);
+    mlog_icid_hat(s->icid, rule, s->group, s->hat_entry);
+    if (s->draining || srv->draining) {
+        reply(s, R_SHUTDOWN);
+        close_after_flush(s);
+        return;
+    }
+    if (s->pol->access == HAT_REJECT && !s->conf->hat_reject_at_rcpt) {
+        reply_reject(s);
+        close_after_flush(s);
+        return;
+    }
+    if (s->pol->access == HAT_REJECT) {
+        mlog_icid_delayed_reject(s->icid, s->ip);
+        s->hat_reject = true;
+    }
+    s->relay = s->pol->access == HAT_RELAY;
+    if (!ip_limit_ok(s)) {
+        mlog_icid_receiving_failed(s->icid, "Connection limit exceeded");
+        reply_raw(s, 421, "4.3.2", "Too many connections from your host");
+        close_after_flush(s);
+        return;
+    }
+    start_life(s);
+    char banner[400];
+    if (s->pp->banner_text)
+        expand_text(s, s->pp->banner_text, NULL, banner, sizeof(banner));
+    else
+        str_printf(banner, sizeof(banner), "%s ESMTP", s->hostname);
+    evbuffer_add_printf(bufferevent_get_output(s->bev), "%u %s\r\n",
+                        s->pp->banner_code, banner);
+    s->state = SS_CMD;
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
 void session_start(struct listener *l, int fd, const struct sockaddr *sa,
                    int salen)
 {
     struct smtp_server *srv = l->srv;
-    struct netaddr peer = {.len = (socklen_t)salen};
-    memcpy(&peer.ss, sa, (size_t)salen < sizeof(peer.ss) ? (size_t)salen
-                                                         : sizeof(peer.ss));
     struct session *s = xcalloc(1, sizeof(*s));
+    s->peer.len = (socklen_t)salen;
+    memcpy(&s->peer.ss, sa,
+           (size_t)salen < sizeof(s->peer.ss) ? (size_t)salen
+                                              : sizeof(s->peer.ss));
     s->srv = srv;
     s->lis = l;
     l->refs++;
     l->nsessions++;
     s->conf = conf_ref(l->conf);
     s->lc = l->lc;
-    netaddr_ip_str(&peer, s->ip, sizeof(s->ip));
+    s->pp = &s->lc->defaults;
+    s->hostname = s->lc->hostname;
+    s->state = SS_HAT;
+    netaddr_ip_str(&s->peer, s->ip, sizeof(s->ip));
     LIST_INSERT_HEAD(&srv->sessions, s, link);
     srv->stats.sessions++;
     srv->stats.connections++;
@@ -945,34 +1463,17 @@ void session_start(struct listener *l, int fd, const struct sockaddr *sa,
     bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_HIGH);
     set_timeout(s, s->lc->command_timeout);
 
-    s->icid = ids_next(srv->ids, ID_ICID);
-    if (s->icid == 0) {
-        mlog_system(MLOG_CRITICAL, "cannot reserve connection IDs");
-        reply(s, R_LOCAL_ERROR);
-        close_after_flush(s);
-        return;
-    }
-    mlog_icid_new(s->icid, s->lc->name, l->ip, s->ip, NULL, false);
     if (l->nsessions > s->lc->max_connections) {
+        /* Over the listener's limit: no lookups, a 421 at once. */
+        s->icid = ids_next(srv->ids, ID_ICID);
+        if (s->icid)
+            mlog_icid_new(s->icid, s->lc->name, l->ip, s->ip, NULL, false);
         mlog_icid_receiving_failed(s->icid, "Connection limit exceeded");
         reply(s, R_TOO_MANY_CONNS);
         close_after_flush(s);
         return;
     }
-    if (!session_hat(s, &peer)) {
-        char text[300];
-        str_printf(text, sizeof(text), "%s %s", s->lc->hostname,
-                   smtp_reply_get(R_ACCESS_DENIED)->text);
-        reply_raw(s, 554, "5.7.1", text);
-        close_after_flush(s);
-        return;
-    }
-    s->life_timer = evtimer_new(srv->base, on_life_timer, s);
-    struct timeval life = {(time_t)s->lc->connection_timeout, 0};
-    evtimer_add(s->life_timer, &life);
-    evbuffer_add_printf(bufferevent_get_output(s->bev), "220 %s ESMTP\r\n",
-                        s->lc->hostname);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    s->hat_dns = hat_dns_start(srv->resolver, s->lc, &s->peer, on_hat_facts, s);
 }
 
 void session_drain(struct session *s)
@@ -1012,6 +1513,12 @@ static void session_free(struct session *s)
         return;
     }
     LIST_REMOVE(s, link);
+    hat_dns_free(s->hat_dns);
+    sender_check_cancel(s->sender_check);
+    auth_abandon(s);
+    free(s->pending_mail);
+    if (s->ip_counted)
+        iptable_release(srv->ip_sessions, &s->peer, iptable_tag(s->lc->name));
     if (s->bev)
         bufferevent_free(s->bev);
     if (s->life_timer)

@@ -3,6 +3,15 @@
 Client shows replies as lists of lines (CRLF removed) and carries whole
 transactions; RawSMTP is byte-exact, returns Reply objects, and asserts
 what it reads (well-formed lines, exact final lines, EOF, silence).
+
+Both connect to 127.0.0.1 unless given ``host`` (e.g. "::1" for a listener
+on "[::1]:PORT") and from an address the kernel picks unless given
+``source``: the client socket is bound to that address (port 0) before
+connect, so that a test can come from 127.0.0.2, 127.0.0.3, ... (every
+127.0.0.0/8 address is on the loopback interface) and be seen by moatd's
+Host Access Table as a different host. ``connect_from()`` is a raw socket
+bound the same way, for tests that must see a connection closed with no
+bytes at all.
 """
 
 import re
@@ -12,12 +21,21 @@ import time
 HOST = "127.0.0.1"
 
 
+def connect_from(port, source=None, host=HOST, timeout=10.0):
+    """A TCP connection to host:port whose local address is ``source``
+    (bound, port 0, before connect); None: the kernel's choice. Returns
+    the connected socket (timeout set)."""
+    src = (source, 0) if source else None
+    return socket.create_connection((host, port), timeout=timeout,
+                                    source_address=src)
+
+
 class Client:
     """One raw SMTP connection; replies are returned as lists of lines
     (CRLF removed)."""
 
-    def __init__(self, port, timeout=10.0):
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+    def __init__(self, port, timeout=10.0, source=None, host=HOST):
+        self.sock = connect_from(port, source, host, timeout)
         self.buf = b""
 
     def _line(self):
@@ -130,8 +148,8 @@ class Reply:
 class RawSMTP:
     """A byte-exact SMTP client over a plain socket."""
 
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=5.0, source=None, host=HOST):
+        self.sock = connect_from(port, source, host, timeout)
         self.timeout = timeout
         self.buf = b""
 

@@ -945,9 +945,12 @@ def test_busy_server_does_not_cause_a_connect_storm(moat_factory, sinks):
     must not reconnect in a tight loop."""
     sink = sinks(max_connections=1)
     sink.on("DATA_END", delay=2.0, times=1)
+    # Each refused attempt counts as a retry: allow enough of them that
+    # the test does not depend on which retry meets the busy slot.
     conf = delivery_conf({"dst.example": [sink.hostport]},
                          delivery={"suspended": True},
-                         destinations={"dst.example": {"concurrency": 4}})
+                         destinations={"dst.example": {"concurrency": 4}},
+                         profiles={"Default": {"max_retries": 10}})
     moat = moat_factory(conf)
     with Submitter(moat) as s:
         for i in range(4):

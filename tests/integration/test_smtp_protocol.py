@@ -146,11 +146,11 @@ def assert_lines(lines, patterns):
 
 def new_icid_re(icid, listener="IncomingMail"):
     return (r"New SMTP ICID %d interface %s \(127\.0\.0\.1\) address 127\.0\.0\.1 "
-            r"reverse dns host unknown verified no" % (icid, listener))
+            r"reverse dns host localhost verified yes" % (icid, listener))
 
 
 def accept_re(icid):
-    return (r"ICID %d ACCEPT SG UNKNOWNLIST match ALL SBRS not enabled "
+    return (r"ICID %d ACCEPT SG UNKNOWNLIST match sbrs\[none\] SBRS not enabled "
             r"country not enabled" % icid)
 
 
@@ -691,7 +691,7 @@ def test_private_listener_relays_for_loopback(moat):
     lines = session_log(moat, mark, icid)
     assert lines[:2] == [
         "New SMTP ICID %d interface OutgoingMail (127.0.0.1) address 127.0.0.1 "
-        "reverse dns host unknown verified no" % icid,
+        "reverse dns host localhost verified yes" % icid,
         "ICID %d RELAY SG RELAYLIST match 127.0.0.0/8 SBRS not enabled "
         "country not enabled" % icid,
     ]
@@ -711,7 +711,7 @@ def test_private_listener_refuses_unlisted_client(moat):
     icid = int(moat.wait_log(r"^New SMTP ICID (\d+)", since=mark).group(1))
     assert_lines(session_log(moat, mark, icid), [
         new_icid_re(icid, "Private"),
-        r"ICID %d REJECT SG ALL match ALL SBRS not enabled country not enabled" % icid,
+        r"ICID %d REJECT SG None match ALL SBRS not enabled country not enabled" % icid,
         r"ICID %d close" % icid,
     ])
 

@@ -188,8 +188,12 @@ static void check_plain(const char *label, const char *in, const char *user,
     if (why == NULL || strstr(why, why_want) == NULL)
         fail_msg("%s: reason \"%s\", expected \"%s\"", label,
                  why ? why : "(none)", why_want);
-    if (u[0] != '\0' || p[0] != '\0')
+    /* An authzid refusal keeps the user name (for the log). */
+    bool authzid = strcmp(why, AUTH_WHY_AUTHZID) == 0;
+    if ((u[0] != '\0' && !authzid) || p[0] != '\0')
         fail_msg("%s: outputs not emptied on failure", label);
+    if (authzid && strcmp(u, "alice") != 0)
+        fail_msg("%s: user name \"%s\" not kept", label, u);
 }
 
 static void test_plain_table(void **state)

@@ -522,11 +522,11 @@ static const struct {
      "listener \"Out\" { type = private; address = "
      "\"127.0.0.1:25\"; relay_senders = [\"10.0.0.1/8\", "
      "\"300.1.1.1\"] }",
-     "\"300.1.1.1\": not an IPv4 or IPv6 address"},
+     "\"300.1.1.1\" is not an IPv4 address, partial address or range"},
     {"relay sender block",
      "listener \"Out\" { type = private; address = "
      "\"127.0.0.1:25\"; relay_senders = [{}] }",
-     "expects addresses, not a block"},
+     "expects strings, not a block"},
     {"dangling rat", LIS_IN "rat \"Incoming\" { \"a.com\" = accept }",
      "t.conf:2:5: rat \"Incoming\": no listener named \"Incoming\""},
     {"rat suggestion", LIS_IN "rat \"in\" { }", "(did you mean \"In\"?)"},
@@ -648,10 +648,10 @@ static void test_values_and_defaults(void **state)
     assert_string_equal(in->address, "[::1]:2525");
     assert_int_equal(netaddr_port(&in->addr), 2525);
     assert_string_equal(in->hostname, "mx.example.com");
-    assert_int_equal(in->max_message_size, 20 * 1024 * 1024);
+    assert_int_equal(in->defaults.max_message_size, 20 * 1024 * 1024);
     assert_int_equal(in->max_connections, 2000);
-    assert_int_equal(in->max_recipients, 1000);
-    assert_int_equal(in->max_messages_per_connection, 1000);
+    assert_int_equal(in->defaults.max_recipients, 1000);
+    assert_int_equal(in->defaults.max_messages_per_connection, 1000);
     assert_int_equal(in->max_errors, 20);
     assert_int_equal(in->command_timeout, 300);
     assert_int_equal(in->data_timeout, 600);
@@ -679,9 +679,13 @@ static void test_values_and_defaults(void **state)
     assert_int_equal(out->type, LISTENER_PRIVATE);
     assert_string_equal(out->hostname, "gw1.example.com");
     assert_int_equal(out->relay_sender_count, 3);
-    assert_string_equal(out->relay_sender_text[2], "192.0.2.7");
-    assert_int_equal(out->relay_senders[0].prefix, 8);
-    assert_int_equal(out->relay_senders[1].prefix, 128);
+    assert_string_equal(out->relay_senders[2], "192.0.2.7");
+    /* relay_senders are the predefined RELAYLIST group's senders. */
+    assert_int_equal(out->ngroups, 1);
+    assert_string_equal(out->groups[0].name, "RELAYLIST");
+    assert_int_equal(out->groups[0].nsenders, 3);
+    assert_int_equal(out->groups[0].senders[0].cidr.prefix, 8);
+    assert_int_equal(out->groups[0].senders[1].kind, SG_ADDR);
     assert_int_equal(out->rat_count, 0);
     assert_null(conf_listener_find(c, "in"));
 
