@@ -13,8 +13,10 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -235,42 +237,72 @@ static int hat_import(const char *conf_path, const char *listener,
         buf_free(&text);
         return 1;
     }
-    char tmp[4096], bak[4096];
-    if (!str_printf(tmp, sizeof(tmp), "%s.import", conf_path) ||
-        !str_printf(bak, sizeof(bak), "%s.bak", conf_path)) {
-        fprintf(stderr, "moatctl: path too long: %s\n", conf_path);
+    /* A symlinked configuration: edit the file it points to. */
+    char target[PATH_MAX];
+    if (realpath(conf_path, target) == NULL) {
+        fprintf(stderr, "moatctl: %s: %s\n", conf_path, strerror(errno));
         buf_free(&text);
         return 2;
     }
-    FILE *f = fopen(tmp, "we");
-    bool wrote = f && fwrite(text.data, 1, text.len, f) == text.len;
-    if (f && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+    struct stat st;
+    char tmp[PATH_MAX + 16], bak[PATH_MAX + 8];
+    if (stat(target, &st) != 0 ||
+        !str_printf(tmp, sizeof(tmp), "%s.XXXXXX", target) ||
+        !str_printf(bak, sizeof(bak), "%s.bak", target)) {
+        fprintf(stderr, "moatctl: %s: %s\n", target, strerror(errno));
+        buf_free(&text);
+        return 2;
+    }
+    /* A new file next to it, with its mode and owner, never a path that
+     * someone could have planted. */
+    int fd = mkstemp(tmp);
+    bool wrote = fd >= 0;
+    if (wrote && (fchmod(fd, st.st_mode & 07777) != 0 ||
+                  (fchown(fd, st.st_uid, st.st_gid) != 0 && errno != EPERM)))
         wrote = false;
-    if (f)
-        fclose(f);
+    for (size_t off = 0; wrote && off < text.len;) {
+        ssize_t n = write(fd, text.data + off, text.len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        wrote = n > 0;
+        off += n > 0 ? (size_t)n : 0;
+    }
+    if (wrote && fsync(fd) != 0)
+        wrote = false;
+    if (fd >= 0 && close(fd) != 0)
+        wrote = false;
     buf_free(&text);
     if (!wrote) {
-        fprintf(stderr, "moatctl: cannot write %s: %s\n", tmp, strerror(errno));
-        unlink(tmp);
+        fprintf(stderr, "moatctl: cannot write a new %s: %s\n", target,
+                strerror(errno));
+        if (fd >= 0)
+            unlink(tmp);
         return 2;
     }
     /* Validated in place, so that .include paths resolve as they will. */
     struct moat_conf *c = conf_load(tmp, &e);
     if (c == NULL) {
         fprintf(stderr, "moatctl: the configuration with the imported table "
-                        "does not validate (nothing changed):\n");
+                        "does not validate (nothing changed; positions are "
+                        "in the would-be file):\n");
         conf_errors_print(&e, stderr);
         conf_errors_free(&e);
         unlink(tmp);
         return 1;
     }
     conf_unref(c);
-    if (link(conf_path, bak) != 0 && errno == EEXIST &&
-        (unlink(bak) != 0 || link(conf_path, bak) != 0))
-        fprintf(stderr, "moatctl: warning: no backup %s: %s\n", bak,
-                strerror(errno));
-    if (rename(tmp, conf_path) != 0) {
-        fprintf(stderr, "moatctl: cannot replace %s: %s\n", conf_path,
+    bool backup = true;
+    if (unlink(bak) != 0 && errno != ENOENT)
+        backup = false;
+    if (backup && link(target, bak) != 0)
+        backup = false;
+    if (!backup)
+        fprintf(stderr,
+                "moatctl: warning: could not keep the previous file "
+                "as %s: %s\n",
+                bak, strerror(errno));
+    if (rename(tmp, target) != 0) {
+        fprintf(stderr, "moatctl: cannot replace %s: %s\n", target,
                 strerror(errno));
         unlink(tmp);
         return 2;

@@ -79,6 +79,18 @@ static void unenforced_notes(const struct moat_conf *c, struct buf *out)
         const struct conf_listener *l = &c->listeners[i];
         for (size_t k = 0; k < l->npolicies; k++) {
             const struct conf_policy *p = &l->policies[k];
+            if (p->p.smtp_auth != POLICY_AUTH_OFF && p->p.auth_requires_tls) {
+                mlog_system(MLOG_WARNING,
+                            "listener %s mail_flow_policy %s: AUTH is never "
+                            "offered: auth_requires_tls and no STARTTLS yet",
+                            l->name, p->name);
+                if (out)
+                    buf_printf(out,
+                               "Warning: listener %s mail_flow_policy %s: "
+                               "AUTH is never offered (auth_requires_tls, no "
+                               "STARTTLS yet).\n",
+                               l->name, p->name);
+            }
             if (p->p.tls == POLICY_TLS_OFF)
                 continue;
             mlog_system(MLOG_WARNING,

@@ -113,6 +113,7 @@ struct conf_listener {
     struct conf_sender_group *groups;
     size_t default_policy;         /* index into policies */
     bool hat_uses_dnslist;         /* some group has a dnslist[] entry */
+    unsigned max_connections_per_ip_any; /* largest of the policies' */
     /* Public listeners: the Recipient Access Table, in order; the last
      * row is always "ALL" (reject unless configured otherwise). */
     size_t rat_count;

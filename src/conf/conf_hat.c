@@ -24,6 +24,7 @@
 #define CONF_MAX_POLICIES 100
 #define CONF_MAX_GROUPS 1000
 #define CONF_MAX_SENDERS 100000 /* entries in one group */
+#define CONF_MAX_DNSLISTS 16    /* = HAT_MAX_ZONES of src/smtp */
 
 const char *const conf_policy_tls_names[] = {"off", "preferred", "required",
                                              NULL};
@@ -193,6 +194,35 @@ static const char predefined_private[] =
     "default_policy = \"BLOCKED\";\n";
 
 static void listener_auth(struct vctx *v, struct conf_listener *l);
+
+/* Distinct DNS lists are looked up per connection; more than
+ * CONF_MAX_DNSLISTS could not all be asked. */
+static void hat_zone_count(struct vctx *v, const struct conf_listener *l,
+                           const struct conf_node *hat)
+{
+    const char *zones[CONF_MAX_DNSLISTS + 1];
+    size_t n = 0;
+    for (size_t g = 0; g < l->ngroups; g++)
+        for (size_t i = 0; i < l->groups[g].nsenders; i++) {
+            const struct sg_entry *e = &l->groups[g].senders[i];
+            bool seen = false;
+            for (size_t k = 0; k < n && !seen; k++)
+                seen = strcmp(zones[k], e->name) == 0;
+            if (e->kind != SG_DNSLIST || seen)
+                continue;
+            if (n == CONF_MAX_DNSLISTS) {
+                struct conf_pos pos = {l->file, l->line, 1};
+                conf_diag_error(v->d, hat ? &hat->label_pos : &pos,
+                                "hat \"%s\": more than %d different DNS "
+                                "lists (dnslist[%s]); each connection asks "
+                                "at most %d",
+                                l->name, CONF_MAX_DNSLISTS, e->name,
+                                CONF_MAX_DNSLISTS);
+                return;
+            }
+            zones[n++] = e->name;
+        }
+}
 
 /* ---- building ---- */
 
@@ -441,6 +471,19 @@ static void hat_build(struct vctx *v, struct conf_listener *l,
     v->where[0] = '\0';
     free(up);
     free(ug);
+    /* The ceiling before the verdict: the largest limit of a policy that
+     * lets a session go on (reject and tcprefuse sessions end at once). */
+    for (size_t i = 0; i < l->npolicies; i++) {
+        const struct conf_policy *p = &l->policies[i];
+        bool goes_on = p->access == HAT_ACCEPT || p->access == HAT_RELAY ||
+                       (p->access == HAT_REJECT && v->c->hat_reject_at_rcpt);
+        if (goes_on &&
+            p->p.max_connections_per_ip > l->max_connections_per_ip_any)
+            l->max_connections_per_ip_any = p->p.max_connections_per_ip;
+    }
+    if (l->max_connections_per_ip_any == 0)
+        l->max_connections_per_ip_any = l->defaults.max_connections_per_ip;
+    hat_zone_count(v, l, hat);
 }
 
 /* The listener a hat block belongs to, or -1 (reported). */
@@ -613,7 +656,6 @@ const struct conf_table conf_table_auth_profile = {
 void conf_auth_profiles_build(struct vctx *v)
 {
     struct moat_conf *c = v->c;
-    char at[300];
     for (const struct conf_node *n = v->root->child; n; n = n->next) {
         if (strcmp(n->key, "smtp_auth_profile") != 0)
             continue;
@@ -657,7 +699,6 @@ void conf_auth_profiles_build(struct vctx *v)
         char err[600];
         p->db = auth_db_load(p->password_file, err, sizeof(err));
         if (p->db == NULL) {
-            conf_pos_str(&n->label_pos, at, sizeof(at));
             conf_diag_error(v->d, &n->label_pos, "smtp_auth_profile \"%s\": %s",
                             n->label, err);
         }

@@ -167,6 +167,22 @@ static void got_ptr(struct hat_dns *h, const struct dnsl_result *res)
     }
 }
 
+/* A DNS list lists an address with an A record in 127.0.0.0/8. Answers
+ * in 127.255.255.0/24 are the lists' error codes (Spamhaus: "query
+ * through a public resolver", "over quota"), not listings; anything
+ * outside 127/8 is a wildcard or a hijacking resolver. */
+static bool listed_answer(const struct dnsl_result *res)
+{
+    if (res->status != DNSL_OK)
+        return false;
+    for (size_t i = 0; i < res->n4; i++) {
+        const unsigned char *b = (const unsigned char *)&res->v4[i];
+        if (b[0] == 127 && !(b[1] == 255 && b[2] == 255))
+            return true;
+    }
+    return false;
+}
+
 static void hat_on_answer(void *arg, const struct dnsl_result *res)
 {
     struct hat_q *q = arg;
@@ -176,9 +192,9 @@ static void hat_on_answer(void *arg, const struct dnsl_result *res)
     h->pending--;
     h->starting = true; /* got_ptr may start more lookups */
     if (q->zone >= 0) {
-        f->listed[q->zone] = res->status == DNSL_OK     ? 1
-                             : res->status == DNSL_TEMP ? -1
-                                                        : 0;
+        f->listed[q->zone] = res->status == DNSL_TEMP ? -1
+                             : listed_answer(res)     ? 1
+                                                      : 0;
     } else if (q->fwd < 0) {
         got_ptr(h, res);
     } else if (res->status == DNSL_TEMP) {

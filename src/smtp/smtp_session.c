@@ -123,6 +123,7 @@ static void close_after_flush(struct session *s);
 static bool auth_offered(const struct session *s);
 static void auth_response(struct session *s, const char *line);
 static void auth_reset(struct session *s);
+static void auth_abandon(struct session *s);
 static void session_free(struct session *s);
 static void txn_end(struct session *s, bool log_abort);
 
@@ -202,8 +203,10 @@ static void reply_custom(struct session *s, unsigned code, const char *enh,
     unsigned x, y, z;
     int n = 0;
     if (t[0] == '#' && sscanf(t + 1, "%1u.%3u.%3u %n", &x, &y, &z, &n) == 3 &&
-        n > 0 && x == code / 100) {
-        str_printf(e, sizeof(e), "%u.%u.%u", x, y, z);
+        n > 0) {
+        /* The appliance's "#x.y.z text": the enhanced code, its class
+         * made to agree with the reply code (451 with "#5.1.8"). */
+        str_printf(e, sizeof(e), "%u.%u.%u", code / 100, y, z);
         enh = e;
         body = t + 1 + n;
     } else if (enh[0] != (char)('0' + code / 100)) {
@@ -235,6 +238,7 @@ static void close_after_flush(struct session *s)
 {
     sender_check_cancel(s->sender_check);
     s->sender_check = NULL;
+    auth_abandon(s); /* a check finishing later must not reopen us */
     /* Ending the session ends its transaction, unless the message is
      * already with the spool (then it completes on its own). */
     if (s->txn && !s->commit_pending)
@@ -326,9 +330,11 @@ static void received_header(struct session *s, struct buf *b)
      * validated (no CR, LF, NUL or other controls), and escaping them
      * would change the recipient's quoted local part. */
     buf_printf(b, "Received: from %s", s->helo);
-    buf_printf(b, " (unknown [%s])\r\n\tby %s with %s id %llu (ICID %llu)",
-               s->ip, s->hostname, proto, (unsigned long long)t->mid,
-               (unsigned long long)s->icid);
+    /* The client's name only when forward-confirmed (dns_wire names hold
+     * no spaces or controls). */
+    buf_printf(b, " (%s [%s])\r\n\tby %s with %s id %llu (ICID %llu)",
+               s->verified ? s->rdns : "unknown", s->ip, s->hostname, proto,
+               (unsigned long long)t->mid, (unsigned long long)s->icid);
     if (t->nrcpt == 1) {
         buf_printf(b, "\r\n\tfor <%s>", t->rcpts[0]);
     }
@@ -505,8 +511,8 @@ static void mail_accept(struct session *s, const struct smtp_path *path,
     reply(s, R_SENDER_OK);
 }
 
-/* Parse and check a MAIL argument; R_NONE if it may go on. Answers and
- * logs the failures itself (then returns something else). */
+/* Parse and check a MAIL argument; true if it may go on. Answers and
+ * logs the failures itself (then returns false). */
 static bool mail_parse(struct session *s, const char *arg,
                        struct smtp_path *path, struct smtp_mail_params *p)
 {
@@ -580,6 +586,9 @@ static bool sender_dns_ok(struct session *s, const struct smtp_path *path,
                      "#5.5.4 Domain required for sender address", path->addr);
         return false;
     }
+    for (const char *p = d; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            return true; /* a U-label: not checked (no IDNA conversion) */
     s->pending_mail = xstrdup(arg);
     s->state = SS_LOOKUP;
     s->sender_check =
@@ -876,7 +885,7 @@ static void auth_done(void *arg, bool cancelled)
     bool ok = j->ok;
     explicit_bzero(j, sizeof(*j));
     free(j);
-    if (cancelled || s == NULL)
+    if (cancelled || s == NULL || s->state != SS_AUTHCHECK)
         return;
     s->auth_job = NULL;
     const char *mech = mech_names[s->auth_mech];
@@ -1099,6 +1108,8 @@ static void handle_command(struct session *s, const char *line, size_t len)
     for (size_t i = 0; i < ARRAY_LEN(handlers); i++)
         if (handlers[i].verb == c.verb) {
             handlers[i].fn(s, &c);
+            if (c.verb == SMTP_AUTH)
+                explicit_bzero(&c, sizeof(c)); /* held a credential */
             return;
         }
     error_reply(s, R_UNKNOWN_CMD);
@@ -1267,7 +1278,7 @@ static void on_write(struct bufferevent *bev, void *arg)
         return;
     }
     /* Replies drained: resume commands held back by OUTPUT_HIGH. */
-    if (s->state == SS_CMD)
+    if (s->state == SS_CMD || s->state == SS_AUTH)
         session_process(s);
 }
 
@@ -1332,21 +1343,36 @@ static void on_life_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the Host Access Table ------------------------------------------ */
 
-/* Count the session against its policy's per-IP limit; false if over. */
-static bool ip_limit_ok(struct session *s)
+/* Count the session against its address's sessions on this listener,
+ * from the moment it is accepted (lookups included). Before the verdict
+ * the ceiling is the largest per-IP limit of any of the listener's
+ * policies; false if over it. */
+static bool ip_count(struct session *s)
 {
-    uint32_t tag = iptable_tag(s->lc->name);
-    uint64_t *n = iptable_counter(s->srv->ip_sessions, &s->peer, tag, 0, 0);
+    uint64_t *n = iptable_counter(s->srv->ip_sessions, &s->peer,
+                                  iptable_tag(s->lc->name), 0, 0);
     if (n == NULL)
         return true; /* table full: never refuse for that */
-    if (*n >= s->pp->max_connections_per_ip) {
+    if (*n >= s->lc->max_connections_per_ip_any) {
         if (*n == 0)
-            iptable_release(s->srv->ip_sessions, &s->peer, tag);
+            iptable_release(s->srv->ip_sessions, &s->peer,
+                            iptable_tag(s->lc->name));
         return false;
     }
     (*n)++;
     s->ip_counted = true;
     return true;
+}
+
+/* After the verdict: within the policy's per-IP limit (this session
+ * included)? */
+static bool ip_limit_ok(struct session *s)
+{
+    if (!s->ip_counted)
+        return true;
+    uint64_t n = iptable_peek(s->srv->ip_sessions, &s->peer,
+                              iptable_tag(s->lc->name), 0, 0);
+    return n <= s->pp->max_connections_per_ip;
 }
 
 static void start_life(struct session *s)
@@ -1463,8 +1489,9 @@ void session_start(struct listener *l, int fd, const struct sockaddr *sa,
     bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_HIGH);
     set_timeout(s, s->lc->command_timeout);
 
-    if (l->nsessions > s->lc->max_connections) {
-        /* Over the listener's limit: no lookups, a 421 at once. */
+    if (l->nsessions > s->lc->max_connections || !ip_count(s)) {
+        /* Over the listener's limit, or this address over every policy's
+         * per-IP limit: no lookups, a 421 at once. */
         s->icid = ids_next(srv->ids, ID_ICID);
         if (s->icid)
             mlog_icid_new(s->icid, s->lc->name, l->ip, s->ip, NULL, false);
@@ -1492,11 +1519,13 @@ void session_kill(struct session *s)
         s->dead = true;
         bufferevent_free(s->bev);
         s->bev = NULL;
-        mlog_icid_close(s->icid);
+        if (s->icid)
+            mlog_icid_close(s->icid);
         return;
     }
     txn_end(s, true);
-    mlog_icid_close(s->icid);
+    if (s->icid)
+        mlog_icid_close(s->icid);
     session_free(s);
 }
 

@@ -606,3 +606,57 @@ def test_auth_configuration_errors(moatd_bin, tmp_path, passwd, case):
     path, line, word = where
     assert re.search(r"^(.*: )?%s:%d(:\d+)?: .*%s" % (re.escape(str(path)), line, re.escape(word)),
                      r.stderr, re.M), r.stderr
+
+
+# ---------------------------------------------------------------------------
+# a password check that outlives its session
+
+
+def test_check_finishing_after_a_timeout_does_not_reopen_the_session(
+        moat_factory, tmp_path):
+    """The session times out (connection_timeout) while a slow password
+    check runs and while its 421 cannot be written (the client reads
+    nothing): when the check finishes it must not answer, run the
+    commands pipelined after AUTH, or accept a message. (Found in review:
+    it used to reply 235 after the 421 and queue the message.)"""
+    import socket
+    slow = crypt.crypt("pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2 ** 16))
+    f = tmp_path / "slow.passwd"
+    f.write_text("alice:%s\n" % slow)
+    conf = auth_conf(f)
+    conf[("listener", "IncomingMail")]["connection_timeout"] = 2
+    moat = moat_factory(conf)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", moat.ports["IncomingMail"]))
+    try:
+        assert s.recv(100).startswith(b"220 ")
+        s.sendall(b"EHLO client.example\r\n")
+        time.sleep(0.3)
+        s.recv(4096)
+        # Enough NOOP replies to fill the socket buffers, so that the 421
+        # stays queued in moatd; then AUTH and a whole transaction.
+        s.sendall(b"NOOP\r\n" * 120000 +
+                  b"AUTH PLAIN " + plain("alice", "pw").encode() + b"\r\n"
+                  b"MAIL FROM:<a@example.net>\r\n"
+                  b"RCPT TO:<victim@elsewhere.example>\r\n"
+                  b"DATA\r\nSubject: x\r\n\r\nx\r\n.\r\n")
+        moat.wait_log(r"^ICID \d+ disconnected address 127\.0\.0\.1, "
+                      r"exceeded allowable connection time", 20)
+        # Longer than the check takes (bcrypt 2^16: about a second here).
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            text = "\n".join(moat.log_lines())
+            assert "SMTP Auth" not in text, text
+            assert "Start MID" not in text, text
+            time.sleep(0.5)
+    finally:
+        s.close()
+    moat.wait_log(r"^ICID \d+ (close|lost)$", 10)
+    # The session is gone, not parked with its socket half closed.
+    deadline = time.monotonic() + 10
+    while not re.search(r"Current Inbound Conn\. +0$",
+                        moat.ctl("status").stdout, re.M):
+        assert time.monotonic() < deadline, moat.ctl("status").stdout
+        time.sleep(0.2)

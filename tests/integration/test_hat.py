@@ -64,7 +64,9 @@ ZONES = {
     "partner.example": [("mx", "A", "127.0.0.4")],
     # DNS list: 127.0.0.8 is listed
     "bl.example.org": [("8.0.0.127", "A", "127.0.0.2"),
-                       ("8.0.0.127", "TXT", "listed for the test")],
+                       ("8.0.0.127", "TXT", "listed for the test"),
+                       # the list's error code, not a listing
+                       ("60.0.0.127", "A", "127.255.255.254")],
     # envelope sender domains
     "sender-ok.example": [("@", "MX", "10 mx.sender-ok.example."),
                           ("mx", "A", "127.0.0.50")],
@@ -358,6 +360,7 @@ FORMS = [
     ("." + O365_NAME, None, "127.0.0.2"),                      # strictly inside
     (LIAR_NAME, None, "127.0.0.3"),                            # unverified name
     ("dnslist[bl.example.org]", "127.0.0.8", "127.0.0.9"),
+    ("dnslist[bl.example.org] error code", "127.0.0.8", "127.0.0.60"),
     ("ALL", "127.0.0.10", None),
     ("sbrs[none]", "127.0.0.10", None),
 ]
@@ -368,6 +371,7 @@ def test_sender_form(moat_factory, dns, entry, hit, miss):
     """One sender group FORM (policy TRUSTED) holding one entry: the host it
     should match is logged as SG FORM match <entry as written>; a host it
     should not match goes on to UNKNOWNLIST."""
+    entry = entry.split(" ")[0]
     moat = moat_factory(conf(dns, hats={"IncomingMail": hat(group("FORM", "TRUSTED", [entry]))}))
     if hit:
         c, _, _ = greeted(moat, hit, "ACCEPT", "FORM", entry)
@@ -922,8 +926,12 @@ def test_sender_dns_verification(moat_factory, dns, blackhole):
                    sender_dns_tempfail_text="Try later",
                    sender_dns_malformed_code=550,
                    sender_dns_malformed_text="Give a domain"),
+            policy("SOFT", access="accept", sender_dns_verification=True,
+                   sender_dns_nxdomain_code=451,
+                   sender_dns_malformed_code=451),
             group("CHECKED", "CHECKED", ["127.0.0.10"]),
-            group("CUSTOM", "CUSTOM", ["127.0.0.12"]))}))
+            group("CUSTOM", "CUSTOM", ["127.0.0.12"]),
+            group("SOFT", "SOFT", ["127.0.0.61"]))}))
     c, icid, _ = greeted(moat, "127.0.0.10", "ACCEPT", "CHECKED", "127.0.0.10")
     mark = moat.log_mark()
     with c:
@@ -965,6 +973,49 @@ def test_sender_dns_verification(moat_factory, dns, blackhole):
         c.expect("MAIL FROM:<alice@[127.0.0.1]>", "550 5.5.4 Give a domain")
         c.expect("MAIL FROM:<alice@sender-ok.example>", "250 2.1.0 Sender ok")
         c.expect("QUIT", "221 2.0.0 Bye")
+    # A temporary code with the default (5.x.x) text: the text's '#5.1.8'
+    # becomes the enhanced code in the reply's class, never text.
+    c, _, _ = greeted(moat, "127.0.0.61", "ACCEPT", "SOFT", "127.0.0.61")
+    with c:
+        c.expect("MAIL FROM:<alice@nxd.example>", "451 4.1.8 Domain of sender "
+                 "address <alice@nxd.example> does not exist")
+        c.expect("MAIL FROM:<alice@[127.0.0.1]>",
+                 "451 4.5.4 Domain required for sender address")
+        c.expect("QUIT", "221 2.0.0 Bye")
+
+
+def test_per_ip_limit_counts_sessions_still_being_looked_up(moat_factory, dns,
+                                                            blackhole):
+    """Sessions whose DNS lookups have not answered yet count against the
+    per-IP limit: with every policy at max_connections_per_ip = 2 and the
+    reverse zone not answering, a third connection from the same address
+    is refused at once (421, no lookups), while another address still
+    gets in line."""
+    limits = {p: policy(p, max_connections_per_ip=2)
+              for p in ("TRUSTED", "THROTTLED", "ACCEPTED")}
+    moat = moat_factory(conf(
+        dns, res=resolver(dns, timeout=5,
+                          **{"127.in-addr.arpa": [blackhole]}),
+        hats={"IncomingMail": hat(*limits.values())}))
+    port = moat.ports["IncomingMail"]
+    waiting = [RawSMTP(port, source="127.0.0.62", timeout=10) for _ in range(2)]
+    try:
+        mark = moat.log_mark()
+        with RawSMTP(port, source="127.0.0.62", timeout=10) as c:
+            assert c.reply().line == "421 4.3.2 Too many connections, try again later"
+        moat.wait_log(r"^New SMTP ICID \d+ interface IncomingMail \(127\.0\.0\.1\) "
+                      r"address 127\.0\.0\.62 reverse dns host unknown verified no$",
+                      since=mark)
+        moat.wait_log(r"^ICID \d+ Receiving Failed: Connection limit exceeded$",
+                      since=mark)
+        other = RawSMTP(port, source="127.0.0.63", timeout=10)
+        waiting.append(other)
+        # The two waiting sessions are greeted once their lookups time out.
+        for c in waiting:
+            assert c.reply().code == 220
+    finally:
+        for c in waiting:
+            c.close()
 
 
 # ---------------------------------------------------------------------------

@@ -422,7 +422,7 @@ def test_full_transaction_smtplib(moat):
     assert abs(env["received"] - time.time()) < 60
     rcv, rest = split_received(content)
     assert re.fullmatch(
-        (r"Received: from %s \(unknown \[127\.0\.0\.1\]\)\r\n"
+        (r"Received: from %s \(localhost \[127\.0\.0\.1\]\)\r\n"
          r"\tby %s with ESMTP id %d \(ICID %d\)\r\n"
          r"\tfor <user@example\.com>;\r\n"
          r"\t[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d [+-]\d{4}\r\n")

@@ -204,6 +204,17 @@ static void test_hat_errors(void **state)
         {"hat \"In\" { mail_flow_policy \"ACCEPTED\" { banner_code = 250; } }",
          "out of range"},
         {"hat \"In\" { colour = blue; }", "unknown key 'colour'"},
+        {"hat \"In\" { sender_group \"X\" { policy = \"BLOCKED\"; senders = "
+         "[\"dnslist[a.example]\", \"dnslist[b.example]\", "
+         "\"dnslist[c.example]\", \"dnslist[d.example]\", "
+         "\"dnslist[e.example]\", \"dnslist[f.example]\", "
+         "\"dnslist[g.example]\", \"dnslist[h.example]\", "
+         "\"dnslist[i.example]\", \"dnslist[j.example]\", "
+         "\"dnslist[k.example]\", \"dnslist[l.example]\", "
+         "\"dnslist[m.example]\", \"dnslist[n.example]\", "
+         "\"dnslist[o.example]\", \"dnslist[p.example]\", "
+         "\"dnslist[A.example]\", \"dnslist[q.example]\"]; } }",
+         "more than 16 different DNS lists (dnslist[q.example])"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char text[2048];
