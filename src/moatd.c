@@ -71,39 +71,27 @@ static struct moat_conf *load_conf(const char *path, struct conf_errors *e)
     return conf_load_string("(built-in)", conf_default_text, e);
 }
 
-/* Settings stored but not enforced yet: say so in the log (and to the
- * admin who committed them). */
+/* Settings that cannot take effect as written: say so in the log (and
+ * to the admin who committed them). */
 static void unenforced_notes(const struct moat_conf *c, struct buf *out)
 {
     for (size_t i = 0; i < c->listener_count; i++) {
         const struct conf_listener *l = &c->listeners[i];
         for (size_t k = 0; k < l->npolicies; k++) {
             const struct conf_policy *p = &l->policies[k];
-            if (p->p.smtp_auth != POLICY_AUTH_OFF && p->p.auth_requires_tls) {
+            if (p->p.smtp_auth != POLICY_AUTH_OFF && p->p.auth_requires_tls &&
+                p->p.tls == POLICY_TLS_OFF) {
                 mlog_system(MLOG_WARNING,
                             "listener %s mail_flow_policy %s: AUTH is never "
-                            "offered: auth_requires_tls and no STARTTLS yet",
+                            "offered: auth_requires_tls but tls = off",
                             l->name, p->name);
                 if (out)
                     buf_printf(out,
                                "Warning: listener %s mail_flow_policy %s: "
-                               "AUTH is never offered (auth_requires_tls, no "
-                               "STARTTLS yet).\n",
+                               "AUTH is never offered (auth_requires_tls but "
+                               "tls = off).\n",
                                l->name, p->name);
             }
-            if (p->p.tls == POLICY_TLS_OFF)
-                continue;
-            mlog_system(MLOG_WARNING,
-                        "listener %s mail_flow_policy %s: tls = %s is not "
-                        "enforced: this moatd does not offer STARTTLS yet",
-                        l->name, p->name,
-                        p->p.tls == POLICY_TLS_REQUIRED ? "required"
-                                                        : "preferred");
-            if (out)
-                buf_printf(out,
-                           "Warning: listener %s mail_flow_policy %s: tls "
-                           "is stored but not enforced (no STARTTLS yet).\n",
-                           l->name, p->name);
         }
     }
 }
@@ -209,6 +197,13 @@ static bool ctl_status(void *arg, const char *args, struct buf *out)
                d->stopping ? "Shutting down" : "Online");
     buf_printf(out, "Configuration:                 %s (committed %s)\n",
                d->conf->path, com);
+    struct buf demo = {0};
+    if (smtp_server_demo_tls(d->smtp, &demo))
+        buf_printf(out,
+                   "WARNING:                       STARTTLS on %s uses a "
+                   "self-signed DEMO certificate (set tls_certificate)\n",
+                   buf_str(&demo));
+    buf_free(&demo);
     buf_printf(out, "Counters:                      Uptime\n");
     buf_printf(out, "  Connections Accepted         %llu\n",
                (unsigned long long)st.connections);
@@ -240,6 +235,14 @@ static bool ctl_status(void *arg, const char *args, struct buf *out)
                (unsigned long long)ss.batches, ss.max_batch);
     buf_printf(out, "  Spool Commit Failures        %llu\n",
                (unsigned long long)ss.failures);
+    buf_printf(out, "  Inbound TLS Handshakes       %llu\n",
+               (unsigned long long)st.tls_ok);
+    buf_printf(out, "  Inbound TLS Failures         %llu\n",
+               (unsigned long long)st.tls_failed);
+    buf_printf(out, "  Connections TCP Refused      %llu\n",
+               (unsigned long long)st.refused);
+    buf_printf(out, "  Rate Limited Recipients      %llu\n",
+               (unsigned long long)st.rate_limited);
     buf_printf(out, "Gauges:                        Current\n");
     buf_printf(out, "  Current Inbound Conn.        %zu\n", st.sessions);
     buf_printf(out, "  Current Outbound Conn.       %zu\n", qs.conns_out);
@@ -288,6 +291,12 @@ static bool ctl_configtest(void *arg, const char *args, struct buf *out)
     if (c == NULL) {
         errors_to_buf(&e, out);
         conf_errors_free(&e);
+        return false;
+    }
+    char err[512];
+    if (!smtp_tls_check(c, err, sizeof(err))) {
+        buf_printf(out, "%s: %s\n", c->path, err);
+        conf_unref(c);
         return false;
     }
     buf_printf(out, "Configuration %s is valid.\n", c->path);
@@ -637,6 +646,12 @@ int main(int argc, char **argv)
         return 1;
     }
     if (test_only) {
+        char err[512];
+        if (!smtp_tls_check(d.conf, err, sizeof(err))) {
+            fprintf(stderr, "%s: %s\n", d.conf->path, err);
+            conf_unref(d.conf);
+            return 1;
+        }
         printf("moatd: configuration %s is valid\n", d.conf->path);
         conf_unref(d.conf);
         return 0;

@@ -124,6 +124,14 @@ static void params(struct buf *out, const char *ind,
     buf_printf(out, "%ssmtp_auth = %s;\n", ind, auth_names[p->smtp_auth]);
     buf_printf(out, "%sauth_requires_tls = %s;\n", ind,
                p->auth_requires_tls ? "true" : "false");
+    buf_printf(out, "%stls_verify_client = %s;\n", ind,
+               p->tls_verify_client ? "true" : "false");
+    buf_printf(out, "%stls_mandatory_senders = [", ind);
+    for (size_t k = 0; k < p->ntls_mandatory; k++) {
+        buf_puts(out, k ? ", " : " ");
+        quoted(out, p->tls_mandatory[k]);
+    }
+    buf_puts(out, p->ntls_mandatory ? " ];\n" : "];\n");
 }
 
 static const char *const dnsv_names[] = {"no_ptr", "ptr_tempfail",

@@ -84,6 +84,8 @@ void conf_diag_error(struct conf_diag *d, const struct conf_pos *pos,
 
 static const char *const listener_types[] = {"public", "private", NULL};
 static const char *const rat_actions[] = {"accept", "reject", NULL};
+static const char *const tls_protocols[] = {"TLSv1", "TLSv1.1", "TLSv1.2",
+                                            "TLSv1.3", NULL};
 
 static const struct conf_key mail_log_keys[] = {
     {.name = "path",
@@ -243,6 +245,39 @@ static const struct conf_key listener_keys[] = {
      .off = LIS(max_connections),
      .help = "concurrent sessions on this listener"},
     CONF_POLICY_PARAM_KEYS(LIS_PP, LIS_DEF),
+    {.name = "tls_certificate",
+     .type = KT_STRING,
+     .min = 1,
+     .max = PATH_MAX_LEN,
+     .off = LIS(tls_certificate),
+     .help = "PEM file: the listener's certificate chain (and key, unless "
+             "tls_key is set)"},
+    {.name = "tls_key",
+     .type = KT_STRING,
+     .min = 1,
+     .max = PATH_MAX_LEN,
+     .off = LIS(tls_key),
+     .help = "PEM file: the private key of tls_certificate"},
+    {.name = "tls_ciphers",
+     .type = KT_STRING,
+     .def = CONF_DEFAULT_CIPHERS,
+     .min = 1,
+     .max = 2000,
+     .off = LIS(tls_ciphers),
+     .help = "OpenSSL cipher string for TLS 1.2 and below"},
+    {.name = "tls_min_protocol",
+     .type = KT_ENUM,
+     .def = "TLSv1.2",
+     .off = LIS(tls_min_protocol),
+     .aux = tls_protocols,
+     .help = "lowest TLS version accepted: TLSv1, TLSv1.1, TLSv1.2, TLSv1.3"},
+    {.name = "tls_client_ca",
+     .type = KT_STRING,
+     .min = 1,
+     .max = PATH_MAX_LEN,
+     .off = LIS(tls_client_ca),
+     .help = "PEM file of CAs that sign client certificates "
+             "(tls_verify_client)"},
     {.name = "smtp_auth_profile",
      .type = KT_STRING,
      .min = 1,

@@ -51,6 +51,9 @@ struct conf_policy_params {
     int tls;                             /* enum policy_tls */
     int smtp_auth;                       /* enum policy_auth */
     bool auth_requires_tls;
+    bool tls_verify_client;              /* ask for a client certificate */
+    size_t ntls_mandatory;               /* senders that must use TLS */
+    char **tls_mandatory;                /* RAT-style address patterns */
 };
 
 struct conf_policy {
@@ -96,6 +99,11 @@ struct conf_listener {
     unsigned max_connections;      /* concurrent sessions on this listener */
     struct conf_policy_params defaults; /* default policy parameters */
     char *smtp_auth_profile;       /* name of an smtp_auth_profile, or NULL */
+    char *tls_certificate;         /* PEM chain; NULL: demo certificate */
+    char *tls_key;                 /* PEM key; NULL: in tls_certificate */
+    char *tls_ciphers;             /* OpenSSL cipher string (TLS <= 1.2) */
+    int tls_min_protocol;          /* 0 TLSv1 .. 3 TLSv1.3 */
+    char *tls_client_ca;           /* CAs for client certificates */
     const struct conf_auth_profile *auth; /* that profile, resolved */
     unsigned max_errors;           /* errors before 421 and close */
     unsigned command_timeout;      /* seconds waiting for a command */

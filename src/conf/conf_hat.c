@@ -333,8 +333,20 @@ static void build_policy(struct vctx *v, struct conf_listener *l,
         if (seen[i] || strcmp(k->name, "access") == 0)
             continue;
         size_t param = k->off - POL(p);
-        conf_value_copy(k->type, p, k->off, l,
-                        offsetof(struct conf_listener, defaults) + param);
+        size_t lbase = offsetof(struct conf_listener, defaults);
+        if (k->type == KT_STRINGS) {
+            size_t param2 = k->off2 - POL(p);
+            size_t n = *(const size_t *)((const char *)l + lbase + param);
+            char *const *src =
+                *(char **const *)((const char *)l + lbase + param2);
+            char **dst = xcalloc(n + 1, sizeof(*dst));
+            for (size_t j = 0; j < n; j++)
+                dst[j] = xstrdup(src[j]);
+            *(size_t *)((char *)p + k->off) = n;
+            *(char ***)((char *)p + k->off2) = dst;
+            continue;
+        }
+        conf_value_copy(k->type, p, k->off, l, lbase + param);
     }
     v->where[0] = '\0';
 }
@@ -611,6 +623,7 @@ void conf_params_clear(struct conf_policy_params *p)
     free(p->sdv_malformed_text);
     free(p->sdv_nxdomain_text);
     free(p->sdv_tempfail_text);
+    conf_strings_free(&p->ntls_mandatory, &p->tls_mandatory);
     memset(p, 0, sizeof(*p));
 }
 
@@ -717,9 +730,20 @@ void conf_auth_profiles_clear(struct moat_conf *c)
     c->auth_profile_count = 0;
 }
 
-/* A listener's smtp_auth_profile, and policies that need one. */
+/* A listener's smtp_auth_profile, and policies that need one; client
+ * certificate verification needs tls_client_ca. */
 static void listener_auth(struct vctx *v, struct conf_listener *l)
 {
+    for (size_t i = 0; i < l->npolicies && !l->tls_client_ca; i++)
+        if (l->policies[i].p.tls_verify_client) {
+            struct conf_pos pos = {l->file, l->line, 1};
+            conf_diag_error(v->d, &pos,
+                            "listener \"%s\": mail_flow_policy \"%s\" has "
+                            "tls_verify_client but the listener has no "
+                            "tls_client_ca to verify against",
+                            l->name, l->policies[i].name);
+            break;
+        }
     const struct moat_conf *c = v->c;
     if (l->smtp_auth_profile) {
         for (size_t i = 0; i < c->auth_profile_count; i++)

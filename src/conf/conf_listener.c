@@ -30,6 +30,10 @@ void conf_listener_clear(struct conf_listener *l)
     free(l->address);
     free(l->hostname);
     free(l->smtp_auth_profile);
+    free(l->tls_certificate);
+    free(l->tls_key);
+    free(l->tls_ciphers);
+    free(l->tls_client_ca);
     conf_strings_free(&l->relay_sender_count, &l->relay_senders);
     conf_params_clear(&l->defaults);
     conf_hat_clear(l);

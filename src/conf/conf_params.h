@@ -11,6 +11,11 @@
 
 #define CONF_REPLY_TEXT_MAX 200
 
+/* The seed's recommended listener cipher string (the appliance's). */
+#define CONF_DEFAULT_CIPHERS                                                   \
+    "HIGH:MEDIUM:@STRENGTH:!aNULL:!eNULL:!LOW:!DES:!MD5:!EXP:!PSK:!DSS:"     \
+    "!RC2:!RC4:!SEED:!ECDSA:!ADH:!IDEA:!3DES:!SSLv2:!SSL"
+
 extern const char *const conf_policy_tls_names[];
 extern const char *const conf_policy_auth_names[];
 
@@ -113,6 +118,19 @@ extern const char *const conf_policy_auth_names[];
      .type = KT_BOOL,                                                          \
      .def = DEF("false"),                                                      \
      .off = OFF(auth_requires_tls),                                            \
-     .help = "offer AUTH only inside TLS"}
+     .help = "offer AUTH only inside TLS"},                                    \
+    {.name = "tls_verify_client",                                              \
+     .type = KT_BOOL,                                                          \
+     .def = DEF("false"),                                                      \
+     .off = OFF(tls_verify_client),                                            \
+     .help = "ask TLS clients for a certificate signed by tls_client_ca"},     \
+    {.name = "tls_mandatory_senders",                                          \
+     .type = KT_STRINGS,                                                       \
+     .max = 1000,                                                              \
+     .off = OFF(ntls_mandatory),                                               \
+     .off2 = OFF(tls_mandatory),                                               \
+     .check = rat_pattern_check,                                               \
+     .help = "with tls = preferred: envelope senders (domain, .domain, "      \
+             "user@, user@domain) refused without TLS"}
 
 #endif

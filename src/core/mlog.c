@@ -242,6 +242,27 @@ void mlog_auth(uint64_t icid, bool ok, const char *user, const char *mech,
     buf_free(&b);
 }
 
+void mlog_icid_tls_success(uint64_t icid, const char *proto,
+                           const char *cipher)
+{
+    info("ICID %llu TLS success protocol %s cipher %s",
+         (unsigned long long)icid, proto, cipher);
+}
+
+void mlog_icid_tls_failed(uint64_t icid, const char *why)
+{
+    struct buf b = {0};
+    info("ICID %llu TLS failed: %s", (unsigned long long)icid,
+         esc(&b, why, strlen(why), 0));
+    buf_free(&b);
+}
+
+void mlog_icid_tls_required(uint64_t icid)
+{
+    info("ICID %llu TLS was required but remote host did not initiate it",
+         (unsigned long long)icid);
+}
+
 void mlog_auth_required(uint64_t icid)
 {
     info("SMTP Auth (ICID %llu) was required but remote host did not "

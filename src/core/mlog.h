@@ -54,6 +54,13 @@ void mlog_icid_sender_dns(uint64_t icid, const char *addr, const char *why);
 void mlog_auth(uint64_t icid, bool ok, const char *user, const char *mech,
                const char *profile);
 void mlog_auth_required(uint64_t icid);
+/* STARTTLS: "ICID 5 TLS success protocol TLSv1.3 cipher ...", "ICID 5
+ * TLS failed: <reason>", "ICID 5 TLS was required but remote host did not
+ * initiate it". */
+void mlog_icid_tls_success(uint64_t icid, const char *proto,
+                           const char *cipher);
+void mlog_icid_tls_failed(uint64_t icid, const char *why);
+void mlog_icid_tls_required(uint64_t icid);
 void mlog_icid_close(uint64_t icid);
 void mlog_icid_lost(uint64_t icid);
 void mlog_icid_receiving_failed(uint64_t icid, const char *reason);

@@ -5,11 +5,13 @@
  * Never drops a bound socket during a reload whose address is unchanged,
  * so a commit never refuses connections.
  */
+#include "core/buf.h"
 #include "core/mlog.h"
 #include "core/netaddr.h"
 #include "core/worker.h"
 #include "policy/iptable.h"
 #include "smtp/smtp_internal.h"
+#include "smtp/smtp_tls.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -72,6 +74,7 @@ void listener_unref(struct listener *l)
         return;
     if (l->evl)
         evconnlistener_free(l->evl);
+    SSL_CTX_free(l->tls_ctx);
     conf_unref(l->conf);
     free(l);
 }
@@ -117,12 +120,38 @@ static struct listener *listener_same_addr(struct smtp_server *srv,
     return NULL;
 }
 
+bool smtp_tls_check(const struct moat_conf *conf, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < conf->listener_count; i++) {
+        const struct conf_listener *lc = &conf->listeners[i];
+        bool demo;
+        if (!smtp_tls_wanted(lc))
+            continue;
+        SSL_CTX *ctx = smtp_tls_ctx_new(lc, &demo, err, errlen);
+        if (ctx == NULL)
+            return false;
+        SSL_CTX_free(ctx);
+    }
+    return true;
+}
+
 bool smtp_server_apply(struct smtp_server *srv, struct moat_conf *conf,
                        char *err, size_t errlen)
 {
     size_t n = conf->listener_count;
     struct listener **next = xcalloc(n ? n : 1, sizeof(*next));
     bool *fresh = xcalloc(n ? n : 1, sizeof(*fresh));
+    SSL_CTX **ctxs = xcalloc(n ? n : 1, sizeof(*ctxs));
+    bool *demo = xcalloc(n ? n : 1, sizeof(*demo));
+
+    /* TLS contexts first: a certificate that does not load refuses the
+     * configuration before anything changes. */
+    for (size_t i = 0; i < n; i++) {
+        const struct conf_listener *lc = &conf->listeners[i];
+        if (smtp_tls_wanted(lc) &&
+            (ctxs[i] = smtp_tls_ctx_new(lc, &demo[i], err, errlen)) == NULL)
+            goto fail;
+    }
 
     for (size_t i = 0; i < n; i++) {
         const struct conf_listener *lc = &conf->listeners[i];
@@ -145,6 +174,18 @@ bool smtp_server_apply(struct smtp_server *srv, struct moat_conf *conf,
             next[i]->lc = &conf->listeners[i];
             conf_unref(prev);
         }
+        /* Sessions in TLS hold their own reference to the old context. */
+        SSL_CTX_free(next[i]->tls_ctx);
+        next[i]->tls_ctx = ctxs[i];
+        next[i]->tls_demo = demo[i];
+        ctxs[i] = NULL;
+        if (demo[i])
+            mlog_system(MLOG_WARNING,
+                        "Listener %s: no tls_certificate configured: STARTTLS "
+                        "uses a self-signed DEMO certificate for %s; clients "
+                        "that verify will refuse it. Configure tls_certificate "
+                        "and tls_key before production use.",
+                        conf->listeners[i].name, conf->listeners[i].hostname);
     }
     for (size_t i = 0; i < srv->nlisteners; i++) {
         /* A listener not reused stops accepting now; its sessions keep
@@ -160,14 +201,20 @@ bool smtp_server_apply(struct smtp_server *srv, struct moat_conf *conf,
     srv->listeners = next;
     srv->nlisteners = n;
     free(fresh);
+    free(ctxs);
+    free(demo);
     return true;
 
 fail:
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (next[i])
             listener_unref(next[i]);
+        SSL_CTX_free(ctxs[i]);
+    }
     free(next);
     free(fresh);
+    free(ctxs);
+    free(demo);
     return false;
 }
 
@@ -207,6 +254,17 @@ void smtp_server_close_all(struct smtp_server *srv)
         tmp = session_next(s);
         session_kill(s);
     }
+}
+
+size_t smtp_server_demo_tls(const struct smtp_server *srv, struct buf *names)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i]->tls_demo) {
+            buf_printf(names, "%s%s", k++ ? ", " : "",
+                       srv->listeners[i]->lc->name);
+        }
+    return k;
 }
 
 void smtp_server_get_stats(const struct smtp_server *srv, struct smtp_stats *st)

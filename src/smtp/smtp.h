@@ -28,6 +28,8 @@ struct smtp_stats {
     uint64_t aborted;         /* transactions that did not complete */
     uint64_t refused;         /* connections closed by HAT TCPREFUSE */
     uint64_t rate_limited;    /* recipients refused by the rate limit */
+    uint64_t tls_ok;          /* STARTTLS handshakes completed */
+    uint64_t tls_failed;      /* STARTTLS handshakes failed */
     size_t sessions;          /* open now */
 };
 
@@ -40,6 +42,10 @@ void smtp_server_set_stores(struct smtp_server *srv, struct spool *spool,
 /* The resolver for Host Access Table and sender lookups (owned by the
  * caller; required before the first connection). */
 void smtp_server_set_resolver(struct smtp_server *srv, struct resolver *r);
+/* Load every listener's TLS certificate, key, ciphers and client CAs as
+ * smtp_server_apply would, and drop them: for moatd -t and configtest.
+ * false with the first problem in err. */
+bool smtp_tls_check(const struct moat_conf *conf, char *err, size_t errlen);
 /* Make the listeners match conf: reuse sockets whose address is
  * unchanged, bind new ones, close removed ones. All or nothing: on
  * failure nothing changes and err says which listener failed. */
@@ -52,6 +58,10 @@ void smtp_server_drain(struct smtp_server *srv, void (*done)(void *),
 /* Close every remaining session at once (transactions are aborted; a
  * message already being committed still completes). */
 void smtp_server_close_all(struct smtp_server *srv);
+/* Listeners whose STARTTLS uses the demo certificate: their names,
+ * comma-separated, appended to names; returns how many. */
+struct buf;
+size_t smtp_server_demo_tls(const struct smtp_server *srv, struct buf *names);
 void smtp_server_get_stats(const struct smtp_server *srv,
                            struct smtp_stats *st);
 void smtp_server_free(struct smtp_server *srv);

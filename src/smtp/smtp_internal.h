@@ -11,6 +11,7 @@
 
 struct evconnlistener;
 struct session;
+typedef struct ssl_ctx_st SSL_CTX;
 
 /* A bound listening socket with the configuration it serves. Reference
  * counted: the server holds one reference, each session another. */
@@ -20,6 +21,8 @@ struct listener {
     struct moat_conf *conf;          /* snapshot for new sessions */
     const struct conf_listener *lc;  /* inside conf */
     char ip[48];                     /* listening address, text */
+    SSL_CTX *tls_ctx;                /* NULL: no STARTTLS */
+    bool tls_demo;                   /* tls_ctx has the demo certificate */
     unsigned nsessions;
     int refs;
 };

@@ -70,6 +70,7 @@ static const struct smtp_reply replies[R__COUNT] = {
                        "AUTH not permitted during a mail transaction"},
     [R_AUTH_MECH] = {504, "5.5.4", "Unrecognized authentication type"},
     [R_AUTH_REQUIRED] = {530, "5.7.0", "Authentication required"},
+    [R_TLS_REQUIRED] = {530, "5.7.0", "Must issue a STARTTLS command first"},
     [R_STARTTLS_NOT_AVAIL] = {502, "5.5.1", "STARTTLS not available"},
 };
 

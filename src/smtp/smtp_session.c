@@ -25,6 +25,7 @@
 #include "smtp/smtp_hat.h"
 #include "smtp/smtp_internal.h"
 #include "smtp/smtp_reply.h"
+#include "smtp/smtp_tls.h"
 #include "spool/spool.h"
 
 #include <arpa/inet.h>
@@ -32,7 +33,10 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <strings.h>
 #include <time.h>
@@ -44,15 +48,16 @@
 #define OUTPUT_HIGH (256 * 1024) /* stop reading commands above this */
 
 enum sstate {
-    SS_HAT,       /* looking the client up before the greeting */
-    SS_LOOKUP,    /* a command waits for a DNS answer (reads nothing) */
-    SS_AUTH,      /* reading an AUTH response line */
-    SS_AUTHCHECK, /* a password is being checked (reads nothing) */
-    SS_CMD,       /* waiting for a command */
-    SS_DATA,      /* reading DATA content */
-    SS_BDAT,      /* reading a BDAT chunk */
-    SS_COMMIT,    /* message handed to the spool, waiting for the flush */
-    SS_CLOSING,   /* last reply queued; freed once it is written */
+    SS_HAT,          /* looking the client up before the greeting */
+    SS_LOOKUP,       /* a command waits for a DNS answer (reads nothing) */
+    SS_AUTH,         /* reading an AUTH response line */
+    SS_AUTHCHECK,    /* a password is being checked (reads nothing) */
+    SS_TLSHANDSHAKE, /* STARTTLS accepted, TLS handshake under way */
+    SS_CMD,          /* waiting for a command */
+    SS_DATA,         /* reading DATA content */
+    SS_BDAT,         /* reading a BDAT chunk */
+    SS_COMMIT,       /* message handed to the spool, waiting for the flush */
+    SS_CLOSING,      /* last reply queued; freed once it is written */
 };
 
 /* One mail transaction, from MAIL to the end of data or RSET. */
@@ -101,6 +106,10 @@ struct session {
     struct hat_dns *hat_dns;           /* lookups before the greeting */
     struct sender_check *sender_check; /* MAIL waiting for the DNS */
     char *pending_mail;                /* that MAIL command's argument */
+    /* STARTTLS */
+    bool tls;               /* the session is encrypted */
+    struct event *close_ev; /* close once TLS output is sent */
+    bool tls_required_logged;
     /* SMTP AUTH */
     bool authed;
     int auth_mech; /* AUTH_MECH_* in progress */
@@ -121,6 +130,13 @@ struct session {
 static void session_process(struct session *s);
 static void close_after_flush(struct session *s);
 static bool auth_offered(const struct session *s);
+static bool tls_offered(const struct session *s);
+static bool allowed_before_tls(enum smtp_verb v);
+static void tls_refuse(struct session *s);
+static bool tls_mandatory_for(const struct session *s, const char *addr);
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
 static void auth_response(struct session *s, const char *line);
 static void auth_reset(struct session *s);
 static void auth_abandon(struct session *s);
@@ -324,8 +340,10 @@ static void received_header(struct session *s, struct buf *b)
     time_t now = time(NULL);
     localtime_r(&now, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-    const char *proto =
-        s->esmtp ? (t->params.smtputf8 ? "UTF8SMTP" : "ESMTP") : "SMTP";
+    /* RFC 3848: ESMTPS, UTF8SMTPS (RFC 6531) under TLS. */
+    const char *proto = !s->esmtp ? "SMTP"
+                        : s->tls ? (t->params.smtputf8 ? "UTF8SMTPS" : "ESMTPS")
+                                 : (t->params.smtputf8 ? "UTF8SMTP" : "ESMTP");
     /* The HELO name and the recipient go in verbatim: both were
      * validated (no CR, LF, NUL or other controls), and escaping them
      * would change the recipient's quoted local part. */
@@ -486,6 +504,8 @@ static void cmd_ehlo_helo(struct session *s, const struct smtp_cmd *c)
                         (unsigned long long)s->pp->max_message_size);
     if (s->lc->chunking)
         evbuffer_add_printf(out, "250-CHUNKING\r\n");
+    if (tls_offered(s))
+        evbuffer_add_printf(out, "250-STARTTLS\r\n");
     if (auth_offered(s))
         evbuffer_add_printf(out, "250-AUTH PLAIN LOGIN\r\n");
     evbuffer_add_printf(out, "250 SMTPUTF8\r\n");
@@ -620,6 +640,10 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
     struct smtp_mail_params p;
     if (!mail_parse(s, c->arg, &path, &p))
         return;
+    if (tls_mandatory_for(s, path.addr)) {
+        tls_refuse(s);
+        return;
+    }
     if (!sender_dns_ok(s, &path, c->arg))
         return;
     mail_accept(s, &path, &p);
@@ -833,10 +857,137 @@ static void cmd_help(struct session *s, const struct smtp_cmd *c)
     reply(s, R_HELP);
 }
 
+/* ---- STARTTLS (RFC 3207) ---------------------------------------------- */
+
+static bool tls_offered(const struct session *s)
+{
+    return !s->tls && s->pp->tls != POLICY_TLS_OFF && s->lis->tls_ctx;
+}
+
+/* Commands a client may give before STARTTLS when TLS is required. */
+static bool allowed_before_tls(enum smtp_verb v)
+{
+    return v == SMTP_EHLO || v == SMTP_HELO || v == SMTP_STARTTLS ||
+           v == SMTP_NOOP || v == SMTP_RSET || v == SMTP_QUIT;
+}
+
 static void cmd_starttls(struct session *s, const struct smtp_cmd *c)
 {
-    (void)c;
-    error_reply(s, R_STARTTLS_NOT_AVAIL);
+    if (!tls_offered(s) && !s->tls) {
+        error_reply(s, R_STARTTLS_NOT_AVAIL);
+        return;
+    }
+    if (c->arg[0]) {
+        error_reply(s, R_NO_ARGS);
+        return;
+    }
+    if (s->tls || s->txn) {
+        error_reply(s, R_BAD_SEQUENCE);
+        return;
+    }
+    SSL *ssl = SSL_new(s->lis->tls_ctx);
+    if (ssl == NULL) {
+        char e[256];
+        mlog_icid_tls_failed(s->icid, smtp_tls_error(e, sizeof(e)));
+        reply_raw(s, 454, "4.7.0", "TLS not available due to local problem");
+        return;
+    }
+    if (s->pp->tls_verify_client)
+        SSL_set_verify(ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                       NULL);
+    /* Whatever the client sent after STARTTLS in plaintext is dropped:
+     * it must not be taken as commands of the encrypted session
+     * (CVE-2011-0411, STARTTLS command injection). */
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t junk = evbuffer_get_length(in);
+    if (junk) {
+        evbuffer_drain(in, junk);
+        mlog_system(MLOG_INFO,
+                    "ICID %llu STARTTLS: %zu byte(s) sent before the TLS "
+                    "handshake discarded",
+                    (unsigned long long)s->icid, junk);
+    }
+    reply_raw(s, 220, "2.0.0", "Ready to start TLS");
+    /* The 220 is already in the socket's output buffer: it goes out in
+     * plaintext ahead of the handshake. */
+    struct bufferevent *tb = bufferevent_openssl_filter_new(
+        s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+        BEV_OPT_CLOSE_ON_FREE);
+    if (tb == NULL) {
+        SSL_free(ssl);
+        mlog_icid_tls_failed(s->icid, "cannot start the TLS filter");
+        close_after_flush(s);
+        return;
+    }
+    /* Clients that close without close_notify are normal. */
+    bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
+    s->bev = tb;
+    bufferevent_setcb(tb, on_read, on_write, on_event, s);
+    bufferevent_setwatermark(tb, EV_READ, 0, INPUT_HIGH);
+    set_timeout(s, s->lc->command_timeout);
+    bufferevent_enable(tb, EV_READ | EV_WRITE);
+    s->state = SS_TLSHANDSHAKE;
+}
+
+/* 530 to a command that needs TLS first; logged once per session. */
+static void tls_refuse(struct session *s)
+{
+    if (!s->tls_required_logged) {
+        mlog_icid_tls_required(s->icid);
+        s->tls_required_logged = true;
+    }
+    error_reply(s, R_TLS_REQUIRED);
+}
+
+/* tls_mandatory_senders: is this sender refused without TLS? */
+static bool tls_mandatory_for(const struct session *s, const char *addr)
+{
+    size_t n = s->pp->ntls_mandatory;
+    if (n == 0 || !tls_offered(s))
+        return false; /* encrypted already, or never told to STARTTLS */
+    struct rat_entry *rows = xcalloc(n, sizeof(*rows));
+    for (size_t i = 0; i < n; i++)
+        rows[i].pattern = s->pp->tls_mandatory[i];
+    bool hit = rat_match(rows, n, addr) != NULL;
+    free(rows);
+    return hit;
+}
+
+/* The handshake is done: a fresh session inside TLS (RFC 3207 4.2). */
+static void tls_established(struct session *s)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+    s->tls = true;
+    s->srv->stats.tls_ok++;
+    mlog_icid_tls_success(s->icid, SSL_get_version(ssl),
+                          SSL_get_cipher_name(ssl));
+    /* RFC 3207 4.2: forget what the plaintext session established,
+     * an AUTH included. */
+    free(s->helo);
+    s->helo = NULL;
+    s->esmtp = false;
+    s->authed = false;
+    s->relay = s->pol->access == HAT_RELAY;
+    s->state = SS_CMD;
+    session_process(s);
+}
+
+/* The handshake failed (or the client left during it). */
+static void tls_failed(struct session *s, short what)
+{
+    char why[256] = "";
+    unsigned long e = bufferevent_get_openssl_error(s->bev);
+    if (e)
+        ERR_error_string_n(e, why, sizeof(why));
+    else if (what & BEV_EVENT_TIMEOUT)
+        str_copy(why, sizeof(why), "handshake timed out");
+    else
+        str_copy(why, sizeof(why), "connection closed during the handshake");
+    ERR_clear_error();
+    s->srv->stats.tls_failed++;
+    mlog_icid_tls_failed(s->icid, why);
+    mlog_icid_close(s->icid);
+    session_free(s);
 }
 
 /* ---- SMTP AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) ---------------------- */
@@ -860,7 +1011,8 @@ struct auth_job {
 static bool auth_offered(const struct session *s)
 {
     return s->pp->smtp_auth != POLICY_AUTH_OFF && s->lc->auth &&
-           s->lc->auth->db && !s->pp->auth_requires_tls && !s->authed;
+           s->lc->auth->db && (!s->pp->auth_requires_tls || s->tls) &&
+           !s->authed;
 }
 
 static void auth_reset(struct session *s)
@@ -1105,6 +1257,11 @@ static void handle_command(struct session *s, const char *line, size_t len)
         error_reply(s, r);
         return;
     }
+    if (!s->tls && s->pp->tls == POLICY_TLS_REQUIRED && s->lis->tls_ctx &&
+        !allowed_before_tls(c.verb)) {
+        tls_refuse(s);
+        return;
+    }
     for (size_t i = 0; i < ARRAY_LEN(handlers); i++)
         if (handlers[i].verb == c.verb) {
             handlers[i].fn(s, &c);
@@ -1267,12 +1424,51 @@ static void on_read(struct bufferevent *bev, void *arg)
     session_process(arg);
 }
 
+/* The TLS records of the last reply have left: close now. */
+static void on_tls_drained_ev(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    (void)fd;
+    (void)what;
+    mlog_icid_close(s->icid);
+    session_free(s);
+}
+
+static void on_tls_out(struct evbuffer *buf, const struct evbuffer_cb_info *i,
+                       void *arg)
+{
+    struct session *s = arg;
+    (void)i;
+    if (evbuffer_get_length(buf) == 0)
+        event_active(s->close_ev, EV_TIMEOUT, 0); /* not from inside I/O */
+}
+
+/* Under TLS the filter's output empties when the records are made, not
+ * when they are sent: closing then would lose the last reply. True if
+ * the close must wait (a callback on the socket's output will do it). */
+static bool tls_output_pending(struct session *s)
+{
+    struct bufferevent *u = bufferevent_get_underlying(s->bev);
+    if (u == NULL)
+        return false;
+    struct evbuffer *out = bufferevent_get_output(u);
+    if (evbuffer_get_length(out) == 0)
+        return false;
+    if (s->close_ev == NULL) {
+        s->close_ev = evtimer_new(s->srv->base, on_tls_drained_ev, s);
+        evbuffer_add_cb(out, on_tls_out, s);
+    }
+    return true;
+}
+
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct session *s = arg;
     if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
         return;
     if (s->state == SS_CLOSING) {
+        if (tls_output_pending(s))
+            return;
         mlog_icid_close(s->icid);
         session_free(s);
         return;
@@ -1308,6 +1504,13 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct session *s = arg;
     (void)bev;
+    if (s->state == SS_TLSHANDSHAKE) {
+        if (what & BEV_EVENT_CONNECTED)
+            tls_established(s);
+        else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+            tls_failed(s, what);
+        return;
+    }
     if (what & BEV_EVENT_TIMEOUT) {
         if (s->state == SS_CLOSING) {
             mlog_icid_close(s->icid);
@@ -1542,6 +1745,8 @@ static void session_free(struct session *s)
         return;
     }
     LIST_REMOVE(s, link);
+    if (s->close_ev)
+        event_free(s->close_ev);
     hat_dns_free(s->hat_dns);
     sender_check_cancel(s->sender_check);
     auth_abandon(s);

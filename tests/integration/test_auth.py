@@ -212,8 +212,9 @@ def test_no_profile_no_auth(moat_factory, moatd_bin, passwd):
 
 
 def test_auth_requires_tls_hides_auth(moat_factory, passwd):
-    """auth_requires_tls = true: AUTH is offered only inside TLS, and moat
-    has no STARTTLS yet, so it is not offered and an AUTH is refused."""
+    """auth_requires_tls = true: AUTH is offered only inside TLS; this
+    policy has tls = off, so it is never offered and an AUTH is refused
+    (test_tls_inbound.py covers AUTH after STARTTLS)."""
     moat = moat_factory(auth_conf(passwd, accepted={"auth_requires_tls": True}))
     c, icid, ehlo = session(moat)
     with c:
