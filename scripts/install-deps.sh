@@ -13,9 +13,9 @@ pkgs="build-essential pkg-config meson ninja-build libevent-dev libssl-dev
 # Tests: unit framework, Python test runner, real SMTP peers, a DNS server
 # (knotd) and its tools (kdig, knotc) for the loopback DNS fixture, nmap
 # (its smtp-open-relay script checks that no listener is an open relay);
-# swaks needs Net::SSLeay for --tls.
+# swaks needs Net::SSLeay for --tls; testssl.sh scans the STARTTLS set-up.
 test_pkgs="libcmocka-dev python3 python3-pytest swaks libnet-ssleay-perl
-           postfix nmap knot knot-dnsutils"
+           postfix nmap knot knot-dnsutils testssl.sh"
 # Benchmarks: Postfix's smtp-source/smtp-sink come with postfix.
 bench_pkgs="postfix procps"
 
