@@ -29,6 +29,8 @@ set -eu
 prog=${0##*/}
 here=$(cd "$(dirname "$0")" && pwd -P)
 repo=$(cd "$here/.." && pwd -P)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 
 # --- options ------------------------------------------------------------------
 moatd=${MOATD:-$repo/build/moatd}
@@ -141,17 +143,7 @@ trap cleanup EXIT
 trap 'echo "$prog: interrupted" >&2; exit 130' INT TERM
 
 # --- helpers ------------------------------------------------------------------
-free_port() {
-  /usr/bin/python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
-listening() {
-  # True when something listens on 127.0.0.1:$1 (no connection made).
-  ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
-}
-
-now() { date +%s.%N; }
 
 messages_for() { if [ "$1" -eq 1 ]; then echo "$n_single"; else echo "$n_multi"; fi; }
 

@@ -24,6 +24,8 @@ set -eu
 prog=${0##*/}
 here=$(cd "$(dirname "$0")" && pwd -P)
 repo=$(cd "$here/.." && pwd -P)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 
 moatd=${MOATD:-$repo/build/moatd}
 n=20000
@@ -101,12 +103,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "$prog: interrupted" >&2; exit 130' INT TERM
 
-free_port() {
-  /usr/bin/python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-now() { date +%s.%N; }
 wait_listen() {
   for _ in $(seq 1 100); do listening "$1" && return 0; sleep 0.1; done
   return 1
