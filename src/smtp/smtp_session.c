@@ -8,16 +8,18 @@
  * storage; while the commit is in flight it reads nothing more (pipelined
  * commands wait). Every input is bounded: command lines by
  * SMTP_CMD_LINE_MAX, buffered input by a read high-watermark, buffered
- * replies by OUTPUT_HIGH, messages by the listener's max_message_size.
+ * replies by OUTPUT_HIGH, messages by the policy's max_message_size.
  * Violations inside a message are remembered and answered at its end.
- * Every outcome is logged through mlog.
+ * Every outcome is logged through mlog. Before the greeting the client
+ * goes through the listener's Host Access Table (smtp_hat.c does the
+ * lookups and the verdict); SMTP AUTH is in smtp_auth.c, STARTTLS in
+ * smtp_starttls.c.
  */
+#include "smtp/smtp_session.h"
 #include "core/buf.h"
 #include "core/ids.h"
 #include "core/mlog.h"
 #include "core/netaddr.h"
-#include "core/worker.h"
-#include "policy/auth.h"
 #include "policy/iptable.h"
 #include "policy/rat.h"
 #include "smtp/smtp_cmd.h"
@@ -25,7 +27,6 @@
 #include "smtp/smtp_hat.h"
 #include "smtp/smtp_internal.h"
 #include "smtp/smtp_reply.h"
-#include "smtp/smtp_tls.h"
 #include "spool/spool.h"
 
 #include <arpa/inet.h>
@@ -33,114 +34,14 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
-#define CRYPT_HASH_COPY_MAX 512  /* a crypt(3) hash is under 384 bytes */
-#define AUTH_THREADS 2           /* password checks at once */
-#define INPUT_HIGH (256 * 1024)  /* stop reading the socket above this */
 #define OUTPUT_HIGH (256 * 1024) /* stop reading commands above this */
 
-enum sstate {
-    SS_HAT,          /* looking the client up before the greeting */
-    SS_LOOKUP,       /* a command waits for a DNS answer (reads nothing) */
-    SS_AUTH,         /* reading an AUTH response line */
-    SS_AUTHCHECK,    /* a password is being checked (reads nothing) */
-    SS_TLSHANDSHAKE, /* STARTTLS accepted, TLS handshake under way */
-    SS_CMD,          /* waiting for a command */
-    SS_DATA,         /* reading DATA content */
-    SS_BDAT,         /* reading a BDAT chunk */
-    SS_COMMIT,       /* message handed to the spool, waiting for the flush */
-    SS_CLOSING,      /* last reply queued; freed once it is written */
-};
-
-/* One mail transaction, from MAIL to the end of data or RSET. */
-struct txn {
-    uint64_t mid;
-    char *from;
-    struct smtp_mail_params params;
-    size_t nrcpt, rcpt_cap;
-    char **rcpts;
-    struct spool_msg *msg; /* open spool file, NULL until DATA/BDAT */
-    struct smtp_data scan;
-    bool scanning;
-    struct buf out; /* scanner output waiting for the spool */
-    int spool_err;  /* first spool error, 0 if none */
-    bool too_big;
-    bool bdat;          /* content arrives by BDAT */
-    uint64_t bdat_left; /* bytes of the current chunk still to read */
-    bool bdat_last;
-};
-
-struct session {
-    LIST_ENTRY(session) link;
-    struct smtp_server *srv;
-    struct listener *lis;
-    struct moat_conf *conf; /* snapshot this session runs under */
-    const struct conf_listener *lc;
-    struct bufferevent *bev;
-    struct event *life_timer;
-    uint64_t icid;
-    char ip[INET6_ADDRSTRLEN];
-    struct netaddr peer;
-    char *helo;
-    enum sstate state;
-    bool esmtp;
-    bool relay;      /* HAT rule RELAY (or AUTH): RAT not consulted */
-    bool hat_reject; /* HAT REJECT delayed to RCPT */
-    bool ip_counted; /* counted in the per-IP session table */
-    const struct conf_policy *pol;       /* the HAT's verdict */
-    const struct conf_policy_params *pp; /* its parameters */
-    const char *hostname;                /* banner/EHLO/Received: name */
-    const char *group;                   /* sender group, "None" for ALL */
-    const char *hat_entry;               /* the entry that matched */
-    char rdns[NEXTHOP_HOST_MAX];         /* PTR name, "" if none */
-    enum hat_ptr ptr;
-    bool verified;                     /* rdns leads back to ip */
-    struct hat_dns *hat_dns;           /* lookups before the greeting */
-    struct sender_check *sender_check; /* MAIL waiting for the DNS */
-    char *pending_mail;                /* that MAIL command's argument */
-    /* STARTTLS */
-    bool tls;               /* the session is encrypted */
-    struct event *close_ev; /* close once TLS output is sent */
-    bool tls_required_logged;
-    /* SMTP AUTH */
-    bool authed;
-    int auth_mech; /* AUTH_MECH_* in progress */
-    int auth_step; /* LOGIN: 0 user, 1 password */
-    char auth_user[AUTH_FIELD_MAX + 1];
-    struct auth_job *auth_job; /* password check in flight */
-    bool draining; /* daemon stopping: close after the transaction */
-    bool dead;     /* connection gone, struct kept for the commit */
-    bool commit_pending;
-    bool line_overflow; /* discarding an over-long command line */
-    unsigned errors;
-    unsigned messages;
-    uint64_t discard_left; /* BDAT chunk outside a valid transaction */
-    enum smtp_reply_id discard_reply;
-    struct txn *txn;
-};
-
-static void session_process(struct session *s);
-static void close_after_flush(struct session *s);
-static bool auth_offered(const struct session *s);
-static bool tls_offered(const struct session *s);
-static bool allowed_before_tls(enum smtp_verb v);
-static void tls_refuse(struct session *s);
-static bool tls_mandatory_for(const struct session *s, const char *addr);
-static void on_read(struct bufferevent *bev, void *arg);
-static void on_write(struct bufferevent *bev, void *arg);
-static void on_event(struct bufferevent *bev, short what, void *arg);
-static void auth_response(struct session *s, const char *line);
-static void auth_reset(struct session *s);
-static void auth_abandon(struct session *s);
-static void session_free(struct session *s);
 static void txn_end(struct session *s, bool log_abort);
 
 struct session *session_next(struct session *s)
@@ -150,9 +51,9 @@ struct session *session_next(struct session *s)
 
 /* ---- replies ---------------------------------------------------------- */
 
-/* Queue one reply line built from a code, enhanced code and text. */
-static void reply_raw(struct session *s, unsigned code, const char *enh,
-                      const char *text)
+/* Queue one ss_reply line built from a code, enhanced code and text. */
+void ss_reply_raw(struct session *s, unsigned code, const char *enh,
+                  const char *text)
 {
     struct evbuffer *out = bufferevent_get_output(s->bev);
     if (enh)
@@ -161,11 +62,11 @@ static void reply_raw(struct session *s, unsigned code, const char *enh,
         evbuffer_add_printf(out, "%u %s\r\n", code, text);
 }
 
-/* Queue a reply from the table. */
-static void reply(struct session *s, enum smtp_reply_id id)
+/* Queue a ss_reply from the table. */
+void ss_reply(struct session *s, enum smtp_reply_id id)
 {
     const struct smtp_reply *r = smtp_reply_get(id);
-    reply_raw(s, r->code, r->enhanced, r->text);
+    ss_reply_raw(s, r->code, r->enhanced, r->text);
 }
 
 /* A configured text with the appliance's variables expanded: $Hostname,
@@ -207,7 +108,7 @@ static void expand_text(const struct session *s, const char *in,
     buf_free(&b);
 }
 
-/* A reply with a configured code and text (or the default text). A
+/* A ss_reply with a configured code and text (or the default text). A
  * text starting "#x.y.z " carries its enhanced code (the appliance's
  * convention); otherwise `enh` is used. */
 static void reply_custom(struct session *s, unsigned code, const char *enh,
@@ -221,7 +122,7 @@ static void reply_custom(struct session *s, unsigned code, const char *enh,
     if (t[0] == '#' && sscanf(t + 1, "%1u.%3u.%3u %n", &x, &y, &z, &n) == 3 &&
         n > 0) {
         /* The appliance's "#x.y.z text": the enhanced code, its class
-         * made to agree with the reply code (451 with "#5.1.8"). */
+         * made to agree with the ss_reply code (451 with "#5.1.8"). */
         str_printf(e, sizeof(e), "%u.%u.%u", code / 100, y, z);
         enh = e;
         body = t + 1 + n;
@@ -229,11 +130,11 @@ static void reply_custom(struct session *s, unsigned code, const char *enh,
         str_printf(e, sizeof(e), "%u%s", code / 100, enh + 1);
         enh = e;
     }
-    reply_raw(s, code, enh, body);
+    ss_reply_raw(s, code, enh, body);
 }
 
 /* The reject banner of the session's policy. */
-static void reply_reject(struct session *s)
+void ss_reply_reject(struct session *s)
 {
     char dflt[300];
     str_printf(dflt, sizeof(dflt), "%s %s", s->hostname,
@@ -243,18 +144,18 @@ static void reply_reject(struct session *s)
 }
 
 /* Set the read and write timeouts to `secs` seconds. */
-static void set_timeout(struct session *s, unsigned secs)
+void ss_set_timeout(struct session *s, unsigned secs)
 {
     struct timeval tv = {(time_t)secs, 0};
     bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
 /* Stop reading and free the session once the queued replies are out. */
-static void close_after_flush(struct session *s)
+void ss_close_after_flush(struct session *s)
 {
     sender_check_cancel(s->sender_check);
     s->sender_check = NULL;
-    auth_abandon(s); /* a check finishing later must not reopen us */
+    smtp_auth_abandon(s); /* a check finishing later must not reopen us */
     /* Ending the session ends its transaction, unless the message is
      * already with the spool (then it completes on its own). */
     if (s->txn && !s->commit_pending)
@@ -265,13 +166,13 @@ static void close_after_flush(struct session *s)
 }
 
 /* Count a protocol error; past the listener's bound, end the session. */
-static void error_reply(struct session *s, enum smtp_reply_id id)
+void ss_error_reply(struct session *s, enum smtp_reply_id id)
 {
-    reply(s, id);
+    ss_reply(s, id);
     if (++s->errors >= s->lc->max_errors) {
         mlog_icid_disconnected(s->icid, s->ip, "too many errors");
-        reply(s, R_TOO_MANY_ERRORS);
-        close_after_flush(s);
+        ss_reply(s, R_TOO_MANY_ERRORS);
+        ss_close_after_flush(s);
     }
 }
 
@@ -324,7 +225,7 @@ static void txn_spool_out(struct session *s)
     buf_reset(&t->out);
 }
 
-/* The reply for a spool error number. */
+/* The ss_reply for a spool error number. */
 static enum smtp_reply_id spool_err_reply(int err)
 {
     return (err == ENOSPC || err == EDQUOT || err == EFBIG) ? R_STORAGE_FULL
@@ -389,7 +290,7 @@ static bool txn_begin_content(struct session *s, enum smtp_data_mode mode)
         mlog_system(MLOG_WARNING, "MID %llu cannot create spool file: %s",
                     (unsigned long long)t->mid, strerror(err));
         mlog_icid_receiving_failed(s->icid, "Resources Low");
-        reply(s, spool_err_reply(err));
+        ss_reply(s, spool_err_reply(err));
         txn_end(s, true);
         return false;
     }
@@ -416,7 +317,7 @@ static void on_committed(void *arg, uint64_t mid, int err)
         mlog_icid_receiving_failed(s->icid, "Resources Low");
         txn_end(s, true);
         if (!s->dead)
-            reply(s, spool_err_reply(err));
+            ss_reply(s, spool_err_reply(err));
     } else {
         mlog_mid_queued(mid);
         s->srv->stats.messages++;
@@ -427,15 +328,15 @@ static void on_committed(void *arg, uint64_t mid, int err)
             char text[64];
             str_printf(text, sizeof(text), "Ok: Message %llu accepted",
                        (unsigned long long)mid);
-            reply_raw(s, 250, "2.0.0", text);
+            ss_reply_raw(s, 250, "2.0.0", text);
         }
     }
     if (s->dead) {
-        session_free(s);
+        ss_free(s);
         return;
     }
     s->state = SS_CMD;
-    session_process(s);
+    ss_process(s);
 }
 
 /* End of content: answer a remembered violation, or commit. */
@@ -464,7 +365,7 @@ static void txn_finish_content(struct session *s)
     if (fail != R_NONE) {
         mlog_icid_receiving_failed(s->icid, why);
         txn_end(s, true);
-        reply(s, fail);
+        ss_reply(s, fail);
         return;
     }
     if (t->scan.message_id.len)
@@ -485,7 +386,7 @@ static void cmd_ehlo_helo(struct session *s, const struct smtp_cmd *c)
 {
     if (smtp_parse_helo(c->arg) != R_NONE) {
         mlog_icid_bad_syntax(s->icid, c->name, strlen(c->name));
-        error_reply(s, R_HELO_SYNTAX);
+        ss_error_reply(s, R_HELO_SYNTAX);
         return;
     }
     txn_end(s, true);
@@ -504,9 +405,9 @@ static void cmd_ehlo_helo(struct session *s, const struct smtp_cmd *c)
                         (unsigned long long)s->pp->max_message_size);
     if (s->lc->chunking)
         evbuffer_add_printf(out, "250-CHUNKING\r\n");
-    if (tls_offered(s))
+    if (smtp_tls_offered(s))
         evbuffer_add_printf(out, "250-STARTTLS\r\n");
-    if (auth_offered(s))
+    if (smtp_auth_offered(s))
         evbuffer_add_printf(out, "250-AUTH PLAIN LOGIN\r\n");
     evbuffer_add_printf(out, "250 SMTPUTF8\r\n");
 }
@@ -518,7 +419,7 @@ static void mail_accept(struct session *s, const struct smtp_path *path,
     uint64_t mid = ids_next(s->srv->ids, ID_MID);
     if (mid == 0) {
         mlog_system(MLOG_CRITICAL, "cannot reserve message IDs");
-        reply(s, R_LOCAL_ERROR);
+        ss_reply(s, R_LOCAL_ERROR);
         return;
     }
     struct txn *t = xcalloc(1, sizeof(*t));
@@ -528,7 +429,7 @@ static void mail_accept(struct session *s, const struct smtp_path *path,
     s->txn = t;
     mlog_mid_start(mid, s->icid);
     mlog_mid_from(mid, s->icid, t->from);
-    reply(s, R_SENDER_OK);
+    ss_reply(s, R_SENDER_OK);
 }
 
 /* Parse and check a MAIL argument; true if it may go on. Answers and
@@ -545,12 +446,12 @@ static bool mail_parse(struct session *s, const char *arg,
         r = R_BAD_PARAM, why = "BINARYMIME needs CHUNKING";
     if (r != R_NONE) {
         mlog_icid_invalid_sender(s->icid, why ? why : "syntax error", arg);
-        error_reply(s, r);
+        ss_error_reply(s, r);
         return false;
     }
     if (p->size_given && p->size > s->pp->max_message_size) {
         mlog_icid_receiving_failed(s->icid, "Message size exceeds limit");
-        reply(s, R_TOO_BIG_DECLARED);
+        ss_reply(s, R_TOO_BIG_DECLARED);
         return false;
     }
     return true;
@@ -588,7 +489,7 @@ static void on_sender_checked(void *arg, enum dnsl_status st)
         }
     }
     free(arg_text);
-    session_process(s);
+    ss_process(s);
 }
 
 /* Envelope sender DNS verification: true if MAIL may go on now; false
@@ -619,29 +520,29 @@ static bool sender_dns_ok(struct session *s, const struct smtp_path *path,
 static void cmd_mail(struct session *s, const struct smtp_cmd *c)
 {
     if (s->helo == NULL) {
-        error_reply(s, R_NEED_HELO);
+        ss_error_reply(s, R_NEED_HELO);
         return;
     }
     if (s->txn) {
-        error_reply(s, R_NESTED_MAIL);
+        ss_error_reply(s, R_NESTED_MAIL);
         return;
     }
     if (s->pp->smtp_auth == POLICY_AUTH_REQUIRED && !s->authed) {
         mlog_auth_required(s->icid);
-        error_reply(s, R_AUTH_REQUIRED);
+        ss_error_reply(s, R_AUTH_REQUIRED);
         return;
     }
     if (s->messages >= s->pp->max_messages_per_connection) {
         mlog_icid_receiving_failed(s->icid, "Too Many Messages");
-        reply(s, R_TOO_MANY_MSGS);
+        ss_reply(s, R_TOO_MANY_MSGS);
         return;
     }
     struct smtp_path path;
     struct smtp_mail_params p;
     if (!mail_parse(s, c->arg, &path, &p))
         return;
-    if (tls_mandatory_for(s, path.addr)) {
-        tls_refuse(s);
+    if (smtp_tls_mandatory_for(s, path.addr)) {
+        smtp_tls_refuse(s);
         return;
     }
     if (!sender_dns_ok(s, &path, c->arg))
@@ -656,10 +557,10 @@ static void rat_reply(struct session *s, const struct rat_entry *row,
     if (row && row->code) {
         char enh[8];
         str_printf(enh, sizeof(enh), "%u.0.0", row->code / 100);
-        reply_raw(s, row->code, enh,
-                  row->text ? row->text : smtp_reply_get(dflt)->text);
+        ss_reply_raw(s, row->code, enh,
+                     row->text ? row->text : smtp_reply_get(dflt)->text);
     } else
-        reply(s, dflt);
+        ss_reply(s, dflt);
 }
 
 /* The policy's recipients-per-hour limit, counted per client address
@@ -684,11 +585,11 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
 {
     struct txn *t = s->txn;
     if (t == NULL) {
-        error_reply(s, R_NEED_MAIL);
+        ss_error_reply(s, R_NEED_MAIL);
         return;
     }
     if (t->bdat) {
-        error_reply(s, R_BAD_SEQUENCE);
+        ss_error_reply(s, R_BAD_SEQUENCE);
         return;
     }
     struct smtp_path path;
@@ -699,21 +600,21 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
         mlog_icid_invalid_rcpt(s->icid, t->mid, why ? why : "syntax error",
                                c->arg);
         s->srv->stats.rejected_rcpts++;
-        error_reply(s, r);
+        ss_error_reply(s, r);
         return;
     }
     if (t->nrcpt >= s->pp->max_recipients) {
         mlog_mid_rcpt_rejected(t->mid, s->icid, path.addr,
                                "Receiving Control (too many recipients)");
         s->srv->stats.rejected_rcpts++;
-        reply(s, R_TOO_MANY_RCPTS);
+        ss_reply(s, R_TOO_MANY_RCPTS);
         return;
     }
     if (s->hat_reject) {
         /* HAT REJECT delayed to the recipients: log each, refuse each. */
         mlog_mid_rcpt_rejected(t->mid, s->icid, path.addr, "HAT");
         s->srv->stats.rejected_rcpts++;
-        reply_reject(s);
+        ss_reply_reject(s);
         return;
     }
     const struct rat_entry *row = NULL;
@@ -754,7 +655,7 @@ static enum smtp_reply_id content_ready(const struct session *s)
 static void cmd_data(struct session *s, const struct smtp_cmd *c)
 {
     if (c->arg[0]) {
-        error_reply(s, R_NO_ARGS);
+        ss_error_reply(s, R_NO_ARGS);
         return;
     }
     enum smtp_reply_id r = content_ready(s);
@@ -763,14 +664,14 @@ static void cmd_data(struct session *s, const struct smtp_cmd *c)
     if (r == R_NONE && s->txn->params.body == SMTP_BODY_BINARYMIME)
         r = R_BDAT_MIX;
     if (r != R_NONE) {
-        error_reply(s, r);
+        ss_error_reply(s, r);
         return;
     }
     if (!txn_begin_content(s, SMTP_DATA_DOT))
         return;
-    reply(s, R_DATA_GO);
+    ss_reply(s, R_DATA_GO);
     s->state = SS_DATA;
-    set_timeout(s, s->lc->data_timeout);
+    ss_set_timeout(s, s->lc->data_timeout);
 }
 
 static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
@@ -778,15 +679,15 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
     uint64_t size;
     bool last;
     if (!s->lc->chunking) {
-        error_reply(s, R_UNKNOWN_CMD);
+        ss_error_reply(s, R_UNKNOWN_CMD);
         return;
     }
     if (smtp_parse_bdat(c->arg, &size, &last) != R_NONE) {
         /* The chunk's length is unknown, so its bytes cannot be told
          * from commands: the only safe answer is to end the session. */
         mlog_icid_bad_syntax(s->icid, "BDAT", 4);
-        reply(s, R_SYNTAX);
-        close_after_flush(s);
+        ss_reply(s, R_SYNTAX);
+        ss_close_after_flush(s);
         return;
     }
     enum smtp_reply_id r = content_ready(s);
@@ -809,437 +710,72 @@ static void cmd_bdat(struct session *s, const struct smtp_cmd *c)
     t->bdat_left = size;
     t->bdat_last = last;
     s->state = SS_BDAT;
-    set_timeout(s, s->lc->data_timeout);
+    ss_set_timeout(s, s->lc->data_timeout);
 }
 
 static void cmd_rset(struct session *s, const struct smtp_cmd *c)
 {
     if (c->arg[0]) {
-        error_reply(s, R_NO_ARGS);
+        ss_error_reply(s, R_NO_ARGS);
         return;
     }
     txn_end(s, true);
-    reply(s, R_RESET_OK);
+    ss_reply(s, R_RESET_OK);
 }
 
 static void cmd_noop(struct session *s, const struct smtp_cmd *c)
 {
     (void)c;
-    reply(s, R_GENERIC_OK);
+    ss_reply(s, R_GENERIC_OK);
 }
 
 static void cmd_quit(struct session *s, const struct smtp_cmd *c)
 {
     (void)c;
     txn_end(s, true);
-    reply(s, R_BYE);
-    close_after_flush(s);
+    ss_reply(s, R_BYE);
+    ss_close_after_flush(s);
 }
 
 static void cmd_vrfy(struct session *s, const struct smtp_cmd *c)
 {
     if (c->arg[0] == '\0') {
-        error_reply(s, R_SYNTAX);
+        ss_error_reply(s, R_SYNTAX);
         return;
     }
-    reply(s, R_VRFY);
+    ss_reply(s, R_VRFY);
 }
 
 static void cmd_expn(struct session *s, const struct smtp_cmd *c)
 {
     (void)c;
-    reply(s, R_NOT_IMPL);
+    ss_reply(s, R_NOT_IMPL);
 }
 
 static void cmd_help(struct session *s, const struct smtp_cmd *c)
 {
     (void)c;
-    reply(s, R_HELP);
-}
-
-/* ---- STARTTLS (RFC 3207) ---------------------------------------------- */
-
-static bool tls_offered(const struct session *s)
-{
-    return !s->tls && s->pp->tls != POLICY_TLS_OFF && s->lis->tls_ctx;
-}
-
-/* Commands a client may give before STARTTLS when TLS is required. */
-static bool allowed_before_tls(enum smtp_verb v)
-{
-    return v == SMTP_EHLO || v == SMTP_HELO || v == SMTP_STARTTLS ||
-           v == SMTP_NOOP || v == SMTP_RSET || v == SMTP_QUIT;
-}
-
-static void cmd_starttls(struct session *s, const struct smtp_cmd *c)
-{
-    if (!tls_offered(s) && !s->tls) {
-        error_reply(s, R_STARTTLS_NOT_AVAIL);
-        return;
-    }
-    if (c->arg[0]) {
-        error_reply(s, R_NO_ARGS);
-        return;
-    }
-    if (s->tls || s->txn) {
-        error_reply(s, R_BAD_SEQUENCE);
-        return;
-    }
-    SSL *ssl = SSL_new(s->lis->tls_ctx);
-    if (ssl == NULL) {
-        char e[256];
-        mlog_icid_tls_failed(s->icid, smtp_tls_error(e, sizeof(e)));
-        reply_raw(s, 454, "4.7.0", "TLS not available due to local problem");
-        return;
-    }
-    if (s->pp->tls_verify_client)
-        SSL_set_verify(ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
-                       NULL);
-    /* Whatever the client sent after STARTTLS in plaintext is dropped:
-     * it must not be taken as commands of the encrypted session
-     * (CVE-2011-0411, STARTTLS command injection). */
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    size_t junk = evbuffer_get_length(in);
-    if (junk) {
-        evbuffer_drain(in, junk);
-        mlog_system(MLOG_INFO,
-                    "ICID %llu STARTTLS: %zu byte(s) sent before the TLS "
-                    "handshake discarded",
-                    (unsigned long long)s->icid, junk);
-    }
-    reply_raw(s, 220, "2.0.0", "Ready to start TLS");
-    /* The 220 is already in the socket's output buffer: it goes out in
-     * plaintext ahead of the handshake. */
-    struct bufferevent *tb = bufferevent_openssl_filter_new(
-        s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-        BEV_OPT_CLOSE_ON_FREE);
-    if (tb == NULL) {
-        SSL_free(ssl);
-        mlog_icid_tls_failed(s->icid, "cannot start the TLS filter");
-        close_after_flush(s);
-        return;
-    }
-    /* Clients that close without close_notify are normal. */
-    bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
-    s->bev = tb;
-    bufferevent_setcb(tb, on_read, on_write, on_event, s);
-    bufferevent_setwatermark(tb, EV_READ, 0, INPUT_HIGH);
-    set_timeout(s, s->lc->command_timeout);
-    bufferevent_enable(tb, EV_READ | EV_WRITE);
-    s->state = SS_TLSHANDSHAKE;
-}
-
-/* 530 to a command that needs TLS first; logged once per session. */
-static void tls_refuse(struct session *s)
-{
-    if (!s->tls_required_logged) {
-        mlog_icid_tls_required(s->icid);
-        s->tls_required_logged = true;
-    }
-    error_reply(s, R_TLS_REQUIRED);
-}
-
-/* tls_mandatory_senders: is this sender refused without TLS? */
-static bool tls_mandatory_for(const struct session *s, const char *addr)
-{
-    size_t n = s->pp->ntls_mandatory;
-    if (n == 0 || !tls_offered(s))
-        return false; /* encrypted already, or never told to STARTTLS */
-    struct rat_entry *rows = xcalloc(n, sizeof(*rows));
-    for (size_t i = 0; i < n; i++)
-        rows[i].pattern = s->pp->tls_mandatory[i];
-    bool hit = rat_match(rows, n, addr) != NULL;
-    free(rows);
-    return hit;
-}
-
-/* The handshake is done: a fresh session inside TLS (RFC 3207 4.2). */
-static void tls_established(struct session *s)
-{
-    SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
-    s->tls = true;
-    s->srv->stats.tls_ok++;
-    mlog_icid_tls_success(s->icid, SSL_get_version(ssl),
-                          SSL_get_cipher_name(ssl));
-    /* RFC 3207 4.2: forget what the plaintext session established,
-     * an AUTH included. */
-    free(s->helo);
-    s->helo = NULL;
-    s->esmtp = false;
-    s->authed = false;
-    s->relay = s->pol->access == HAT_RELAY;
-    s->state = SS_CMD;
-    session_process(s);
-}
-
-/* The handshake failed (or the client left during it). */
-static void tls_failed(struct session *s, short what)
-{
-    char why[256] = "";
-    unsigned long e = bufferevent_get_openssl_error(s->bev);
-    if (e)
-        ERR_error_string_n(e, why, sizeof(why));
-    else if (what & BEV_EVENT_TIMEOUT)
-        str_copy(why, sizeof(why), "handshake timed out");
-    else
-        str_copy(why, sizeof(why), "connection closed during the handshake");
-    ERR_clear_error();
-    s->srv->stats.tls_failed++;
-    mlog_icid_tls_failed(s->icid, why);
-    mlog_icid_close(s->icid);
-    session_free(s);
-}
-
-/* ---- SMTP AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) ---------------------- */
-
-enum { AUTH_MECH_NONE, AUTH_MECH_PLAIN, AUTH_MECH_LOGIN };
-
-static const char *const mech_names[] = {"", "PLAIN", "LOGIN"};
-
-/* A password check on a worker thread. It owns copies of everything it
- * needs: a commit may free the profile while the check runs. */
-struct auth_job {
-    struct session *s; /* NULL once the session is gone */
-    struct worker_job *wj;
-    char hash[CRYPT_HASH_COPY_MAX];
-    bool known; /* the user exists (hash is theirs) */
-    char password[AUTH_FIELD_MAX + 1];
-    bool ok;
-};
-
-/* Is AUTH offered to this session? */
-static bool auth_offered(const struct session *s)
-{
-    return s->pp->smtp_auth != POLICY_AUTH_OFF && s->lc->auth &&
-           s->lc->auth->db && (!s->pp->auth_requires_tls || s->tls) &&
-           !s->authed;
-}
-
-static void auth_reset(struct session *s)
-{
-    s->auth_mech = AUTH_MECH_NONE;
-    s->auth_step = 0;
-    explicit_bzero(s->auth_user, sizeof(s->auth_user));
-}
-
-static void auth_work(void *arg)
-{
-    struct auth_job *j = arg;
-    j->ok =
-        auth_check_password(j->known ? j->hash : NULL, j->password) && j->known;
-    explicit_bzero(j->password, sizeof(j->password));
-}
-
-static void auth_done(void *arg, bool cancelled)
-{
-    struct auth_job *j = arg;
-    struct session *s = j->s;
-    bool ok = j->ok;
-    explicit_bzero(j, sizeof(*j));
-    free(j);
-    if (cancelled || s == NULL || s->state != SS_AUTHCHECK)
-        return;
-    s->auth_job = NULL;
-    const char *mech = mech_names[s->auth_mech];
-    const char *profile = s->lc->auth->name;
-    s->state = SS_CMD;
-    if (ok) {
-        mlog_auth(s->icid, true, s->auth_user, mech, profile);
-        s->authed = true;
-        s->relay = true; /* an authenticated client may relay */
-        reply_raw(s, 235, "2.7.0", "Authentication successful");
-    } else {
-        mlog_auth(s->icid, false, s->auth_user, mech, profile);
-        reply_raw(s, 535, "5.7.8", "Authentication credentials invalid");
-        uint64_t *n = iptable_counter(s->srv->ip_authfail, &s->peer, 0,
-                                      time(NULL), s->conf->rate_limit_period);
-        if (n && ++*n >= s->conf->auth_max_failures) {
-            mlog_icid_disconnected(s->icid, s->ip,
-                                   "too many authentication failures");
-            reply_raw(s, 421, "4.7.0",
-                      "Too many authentication failures, closing connection");
-            auth_reset(s);
-            close_after_flush(s);
-            return;
-        }
-    }
-    auth_reset(s);
-    session_process(s);
-}
-
-/* Check user/password off the event loop. */
-static void auth_check(struct session *s, const char *password)
-{
-    struct smtp_server *srv = s->srv;
-    if (srv->auth_pool == NULL)
-        srv->auth_pool = worker_pool_new(srv->base, AUTH_THREADS);
-    struct auth_job *j = xcalloc(1, sizeof(*j));
-    j->s = s;
-    const char *hash = auth_db_hash(s->lc->auth->db, s->auth_user);
-    j->known = hash && strlen(hash) < sizeof(j->hash);
-    if (j->known)
-        str_copy(j->hash, sizeof(j->hash), hash);
-    str_copy(j->password, sizeof(j->password), password);
-    j->wj = srv->auth_pool
-                ? worker_submit(srv->auth_pool, auth_work, auth_done, j)
-                : NULL;
-    if (j->wj == NULL) {
-        explicit_bzero(j, sizeof(*j));
-        free(j);
-        mlog_system(MLOG_WARNING,
-                    "ICID %llu AUTH: password check could not "
-                    "be queued",
-                    (unsigned long long)s->icid);
-        auth_reset(s);
-        reply_raw(s, 454, "4.7.0", "Temporary authentication failure");
-        return;
-    }
-    s->auth_job = j;
-    s->state = SS_AUTHCHECK;
-}
-
-/* Forget a check in flight (the session is going away). */
-static void auth_abandon(struct session *s)
-{
-    if (s->auth_job) {
-        s->auth_job->s = NULL;
-        worker_cancel(s->auth_job->wj);
-        s->auth_job = NULL;
-    }
-    auth_reset(s);
-}
-
-/* One client response (a base64 line, or "*"), or the initial response
- * of the AUTH command. */
-static void auth_response(struct session *s, const char *line)
-{
-    char pass[AUTH_FIELD_MAX + 1];
-    const char *why = NULL;
-    s->state = SS_CMD;
-    if (strcmp(line, "*") == 0) {
-        auth_reset(s);
-        reply_raw(s, 501, "5.7.0", "Authentication aborted");
-        return;
-    }
-    if (s->auth_mech == AUTH_MECH_PLAIN) {
-        bool dec = auth_plain_decode(line, s->auth_user, sizeof(s->auth_user),
-                                     pass, sizeof(pass), &why);
-        if (!dec && why && strcmp(why, AUTH_WHY_AUTHZID) == 0) {
-            /* Well formed, but acting for someone else: a failure. */
-            mlog_auth(s->icid, false, s->auth_user, "PLAIN", s->lc->auth->name);
-            auth_reset(s);
-            explicit_bzero(pass, sizeof(pass));
-            reply_raw(s, 535, "5.7.8", "Authentication credentials invalid");
-            return;
-        }
-        if (!dec) {
-            mlog_icid_bad_syntax(s->icid, "AUTH PLAIN", 10);
-            auth_reset(s);
-            error_reply(s, R_SYNTAX);
-            return;
-        }
-        auth_check(s, pass);
-        explicit_bzero(pass, sizeof(pass));
-        return;
-    }
-    /* LOGIN: the user name, then the password. */
-    char *out = s->auth_step == 0 ? s->auth_user : pass;
-    size_t outlen = s->auth_step == 0 ? sizeof(s->auth_user) : sizeof(pass);
-    if (!auth_login_decode(line, out, outlen, &why) ||
-        (s->auth_step == 0 && strpbrk(out, "\x01\x02\x03\x04\x05\x06\x07"
-                                           "\x08\x09\x0a\x0b\x0c\x0d\x0e"
-                                           "\x0f\x10\x11\x12\x13\x14\x15"
-                                           "\x16\x17\x18\x19\x1a\x1b\x1c"
-                                           "\x1d\x1e\x1f\x7f"))) {
-        mlog_icid_bad_syntax(s->icid, "AUTH LOGIN", 10);
-        auth_reset(s);
-        explicit_bzero(pass, sizeof(pass));
-        error_reply(s, R_SYNTAX);
-        return;
-    }
-    if (s->auth_step == 0) {
-        s->auth_step = 1;
-        s->state = SS_AUTH;
-        reply_raw(s, 334, NULL, "UGFzc3dvcmQ6"); /* "Password:" */
-        return;
-    }
-    auth_check(s, pass);
-    explicit_bzero(pass, sizeof(pass));
-}
-
-static void cmd_auth(struct session *s, const struct smtp_cmd *c)
-{
-    if (!auth_offered(s) && !s->authed) {
-        error_reply(s, R_AUTH_NOT_AVAIL);
-        return;
-    }
-    if (s->helo == NULL || !s->esmtp) {
-        error_reply(s, R_NEED_HELO);
-        return;
-    }
-    if (s->authed) {
-        error_reply(s, R_AUTH_ALREADY);
-        return;
-    }
-    if (s->txn) {
-        error_reply(s, R_AUTH_IN_TXN);
-        return;
-    }
-    uint64_t fails = iptable_peek(s->srv->ip_authfail, &s->peer, 0, time(NULL),
-                                  s->conf->rate_limit_period);
-    if (fails >= s->conf->auth_max_failures) {
-        mlog_icid_disconnected(s->icid, s->ip,
-                               "too many authentication failures");
-        reply_raw(s, 421, "4.7.0",
-                  "Too many authentication failures, closing connection");
-        close_after_flush(s);
-        return;
-    }
-    char mech[16] = "";
-    const char *sp = strchr(c->arg, ' ');
-    size_t mlen = sp ? (size_t)(sp - c->arg) : strlen(c->arg);
-    if (mlen == 0 || mlen >= sizeof(mech)) {
-        error_reply(s, R_SYNTAX);
-        return;
-    }
-    memcpy(mech, c->arg, mlen);
-    const char *initial = sp ? sp + 1 : NULL;
-    if (str_ieq(mech, "PLAIN"))
-        s->auth_mech = AUTH_MECH_PLAIN;
-    else if (str_ieq(mech, "LOGIN"))
-        s->auth_mech = AUTH_MECH_LOGIN;
-    else {
-        error_reply(s, R_AUTH_MECH);
-        return;
-    }
-    if (initial && strcmp(initial, "=") == 0)
-        initial = ""; /* an empty initial response (RFC 4954 4) */
-    if (initial && (initial[0] || s->auth_mech == AUTH_MECH_PLAIN)) {
-        if (initial[0] == '\0') {
-            /* PLAIN with an empty response cannot succeed. */
-            auth_reset(s);
-            error_reply(s, R_SYNTAX);
-            return;
-        }
-        auth_response(s, initial);
-        return;
-    }
-    s->state = SS_AUTH;
-    reply_raw(s, 334, NULL,
-              s->auth_mech == AUTH_MECH_PLAIN ? "" : "VXNlcm5hbWU6");
+    ss_reply(s, R_HELP);
 }
 
 static const struct {
     enum smtp_verb verb;
     void (*fn)(struct session *, const struct smtp_cmd *);
 } handlers[] = {
-    {SMTP_HELO, cmd_ehlo_helo},    {SMTP_EHLO, cmd_ehlo_helo},
-    {SMTP_MAIL, cmd_mail},         {SMTP_RCPT, cmd_rcpt},
-    {SMTP_DATA, cmd_data},         {SMTP_BDAT, cmd_bdat},
-    {SMTP_RSET, cmd_rset},         {SMTP_NOOP, cmd_noop},
-    {SMTP_QUIT, cmd_quit},         {SMTP_VRFY, cmd_vrfy},
-    {SMTP_EXPN, cmd_expn},         {SMTP_HELP, cmd_help},
-    {SMTP_STARTTLS, cmd_starttls}, {SMTP_AUTH, cmd_auth},
+    {SMTP_HELO, cmd_ehlo_helo},
+    {SMTP_EHLO, cmd_ehlo_helo},
+    {SMTP_MAIL, cmd_mail},
+    {SMTP_RCPT, cmd_rcpt},
+    {SMTP_DATA, cmd_data},
+    {SMTP_BDAT, cmd_bdat},
+    {SMTP_RSET, cmd_rset},
+    {SMTP_NOOP, cmd_noop},
+    {SMTP_QUIT, cmd_quit},
+    {SMTP_VRFY, cmd_vrfy},
+    {SMTP_EXPN, cmd_expn},
+    {SMTP_HELP, cmd_help},
+    {SMTP_STARTTLS, smtp_cmd_starttls},
+    {SMTP_AUTH, smtp_cmd_auth},
 };
 
 /* Parse and run one command line. */
@@ -1249,17 +785,17 @@ static void handle_command(struct session *s, const char *line, size_t len)
     enum smtp_reply_id r = smtp_cmd_parse(line, len, &c);
     if (r == R_UNKNOWN_CMD) {
         mlog_icid_unknown_command(s->icid, line, len);
-        error_reply(s, R_UNKNOWN_CMD);
+        ss_error_reply(s, R_UNKNOWN_CMD);
         return;
     }
     if (r != R_NONE) {
         mlog_icid_bad_syntax(s->icid, line, len);
-        error_reply(s, r);
+        ss_error_reply(s, r);
         return;
     }
     if (!s->tls && s->pp->tls == POLICY_TLS_REQUIRED && s->lis->tls_ctx &&
-        !allowed_before_tls(c.verb)) {
-        tls_refuse(s);
+        !smtp_tls_allowed_before(c.verb)) {
+        smtp_tls_refuse(s);
         return;
     }
     for (size_t i = 0; i < ARRAY_LEN(handlers); i++)
@@ -1269,7 +805,7 @@ static void handle_command(struct session *s, const char *line, size_t len)
                 explicit_bzero(&c, sizeof(c)); /* held a credential */
             return;
         }
-    error_reply(s, R_UNKNOWN_CMD);
+    ss_error_reply(s, R_UNKNOWN_CMD);
 }
 
 /* ---- input processing ------------------------------------------------- */
@@ -1278,8 +814,8 @@ static void handle_command(struct session *s, const char *line, size_t len)
 static bool process_command(struct session *s, struct evbuffer *in)
 {
     if (s->draining && s->txn == NULL) {
-        reply(s, R_SHUTDOWN);
-        close_after_flush(s);
+        ss_reply(s, R_SHUTDOWN);
+        ss_close_after_flush(s);
         return false;
     }
     if (evbuffer_get_length(bufferevent_get_output(s->bev)) > OUTPUT_HIGH)
@@ -1302,10 +838,10 @@ static bool process_command(struct session *s, struct evbuffer *in)
         evbuffer_drain(in, len + eol_len);
         if (s->state == SS_AUTH) {
             s->state = SS_CMD;
-            auth_reset(s);
+            smtp_auth_reset(s);
         }
         mlog_icid_bad_syntax(s->icid, "(line too long)", 15);
-        error_reply(s, R_LINE_TOO_LONG);
+        ss_error_reply(s, R_LINE_TOO_LONG);
         return true;
     }
     char line[SMTP_CMD_LINE_MAX + 1];
@@ -1313,7 +849,7 @@ static bool process_command(struct session *s, struct evbuffer *in)
     line[len] = '\0';
     evbuffer_drain(in, eol_len);
     if (s->state == SS_AUTH)
-        auth_response(s, line);
+        smtp_auth_response(s, line);
     else
         handle_command(s, line, len);
     explicit_bzero(line, len);
@@ -1332,7 +868,7 @@ static bool process_data(struct session *s, struct evbuffer *in)
         evbuffer_drain(in, used);
         txn_spool_out(s);
         if (t->scan.done) {
-            set_timeout(s, s->lc->command_timeout);
+            ss_set_timeout(s, s->lc->command_timeout);
             txn_finish_content(s);
             return true;
         }
@@ -1362,7 +898,7 @@ static size_t bdat_take(struct session *s, struct evbuffer *in, uint64_t left,
     return taken;
 }
 
-/* Read a BDAT chunk; at its end, reply or commit. */
+/* Read a BDAT chunk; at its end, ss_reply or commit. */
 static bool process_bdat(struct session *s, struct evbuffer *in)
 {
     if (s->discard_left || s->txn == NULL || !s->txn->bdat) {
@@ -1370,16 +906,16 @@ static bool process_bdat(struct session *s, struct evbuffer *in)
         if (s->discard_left)
             return false;
         s->state = SS_CMD;
-        set_timeout(s, s->lc->command_timeout);
+        ss_set_timeout(s, s->lc->command_timeout);
         if (s->discard_reply != R_NONE)
-            error_reply(s, s->discard_reply);
+            ss_error_reply(s, s->discard_reply);
         return true;
     }
     struct txn *t = s->txn;
     t->bdat_left -= bdat_take(s, in, t->bdat_left, true);
     if (t->bdat_left)
         return false;
-    set_timeout(s, s->lc->command_timeout);
+    ss_set_timeout(s, s->lc->command_timeout);
     if (t->bdat_last) {
         smtp_data_finish(&t->scan);
         txn_finish_content(s);
@@ -1389,12 +925,12 @@ static bool process_bdat(struct session *s, struct evbuffer *in)
     char text[64];
     str_printf(text, sizeof(text), "Ok: %llu octets received",
                (unsigned long long)t->scan.bytes_out);
-    reply_raw(s, 250, "2.0.0", text);
+    ss_reply_raw(s, 250, "2.0.0", text);
     return true;
 }
 
 /* Run the state machine over whatever input is buffered. */
-static void session_process(struct session *s)
+void ss_process(struct session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     bool progress = true;
@@ -1418,64 +954,27 @@ static void session_process(struct session *s)
 
 /* ---- events ----------------------------------------------------------- */
 
-static void on_read(struct bufferevent *bev, void *arg)
+void ss_on_read(struct bufferevent *bev, void *arg)
 {
     (void)bev;
-    session_process(arg);
+    ss_process(arg);
 }
 
-/* The TLS records of the last reply have left: close now. */
-static void on_tls_drained_ev(evutil_socket_t fd, short what, void *arg)
-{
-    struct session *s = arg;
-    (void)fd;
-    (void)what;
-    mlog_icid_close(s->icid);
-    session_free(s);
-}
-
-static void on_tls_out(struct evbuffer *buf, const struct evbuffer_cb_info *i,
-                       void *arg)
-{
-    struct session *s = arg;
-    (void)i;
-    if (evbuffer_get_length(buf) == 0)
-        event_active(s->close_ev, EV_TIMEOUT, 0); /* not from inside I/O */
-}
-
-/* Under TLS the filter's output empties when the records are made, not
- * when they are sent: closing then would lose the last reply. True if
- * the close must wait (a callback on the socket's output will do it). */
-static bool tls_output_pending(struct session *s)
-{
-    struct bufferevent *u = bufferevent_get_underlying(s->bev);
-    if (u == NULL)
-        return false;
-    struct evbuffer *out = bufferevent_get_output(u);
-    if (evbuffer_get_length(out) == 0)
-        return false;
-    if (s->close_ev == NULL) {
-        s->close_ev = evtimer_new(s->srv->base, on_tls_drained_ev, s);
-        evbuffer_add_cb(out, on_tls_out, s);
-    }
-    return true;
-}
-
-static void on_write(struct bufferevent *bev, void *arg)
+void ss_on_write(struct bufferevent *bev, void *arg)
 {
     struct session *s = arg;
     if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
         return;
     if (s->state == SS_CLOSING) {
-        if (tls_output_pending(s))
+        if (smtp_tls_output_pending(s))
             return;
         mlog_icid_close(s->icid);
-        session_free(s);
+        ss_free(s);
         return;
     }
     /* Replies drained: resume commands held back by OUTPUT_HIGH. */
     if (s->state == SS_CMD || s->state == SS_AUTH)
-        session_process(s);
+        ss_process(s);
 }
 
 /* A timeout: tell the client, log what was interrupted, close. */
@@ -1496,25 +995,25 @@ static void session_timeout(struct session *s, const char *why)
     if (s->state == SS_COMMIT)
         return; /* the commit will answer; the client may still get it */
     txn_end(s, true);
-    reply(s, R_TIMEOUT);
-    close_after_flush(s);
+    ss_reply(s, R_TIMEOUT);
+    ss_close_after_flush(s);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+void ss_on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct session *s = arg;
     (void)bev;
     if (s->state == SS_TLSHANDSHAKE) {
         if (what & BEV_EVENT_CONNECTED)
-            tls_established(s);
+            smtp_tls_established(s);
         else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
-            tls_failed(s, what);
+            smtp_tls_failed(s, what);
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
         if (s->state == SS_CLOSING) {
             mlog_icid_close(s->icid);
-            session_free(s);
+            ss_free(s);
         } else
             session_timeout(s, NULL);
         return;
@@ -1529,7 +1028,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
                 txn_end(s, true);
             mlog_icid_lost(s->icid);
         }
-        session_free(s);
+        ss_free(s);
     }
 }
 
@@ -1613,27 +1112,27 @@ static void on_hat_facts(void *arg)
         /* As on the appliance: no ICID, nothing said, the socket closed. */
         mlog_icid_hat(0, "TCPREFUSE", s->group, s->hat_entry);
         srv->stats.refused++;
-        session_free(s);
+        ss_free(s);
         return;
     }
     s->icid = ids_next(srv->ids, ID_ICID);
     if (s->icid == 0) {
         mlog_system(MLOG_CRITICAL, "cannot reserve connection IDs");
-        reply(s, R_LOCAL_ERROR);
-        close_after_flush(s);
+        ss_reply(s, R_LOCAL_ERROR);
+        ss_close_after_flush(s);
         return;
     }
     mlog_icid_new(s->icid, s->lc->name, s->lis->ip, s->ip,
                   s->rdns[0] ? s->rdns : NULL, s->verified);
     mlog_icid_hat(s->icid, rule, s->group, s->hat_entry);
     if (s->draining || srv->draining) {
-        reply(s, R_SHUTDOWN);
-        close_after_flush(s);
+        ss_reply(s, R_SHUTDOWN);
+        ss_close_after_flush(s);
         return;
     }
     if (s->pol->access == HAT_REJECT && !s->conf->hat_reject_at_rcpt) {
-        reply_reject(s);
-        close_after_flush(s);
+        ss_reply_reject(s);
+        ss_close_after_flush(s);
         return;
     }
     if (s->pol->access == HAT_REJECT) {
@@ -1643,8 +1142,8 @@ static void on_hat_facts(void *arg)
     s->relay = s->pol->access == HAT_RELAY;
     if (!ip_limit_ok(s)) {
         mlog_icid_receiving_failed(s->icid, "Connection limit exceeded");
-        reply_raw(s, 421, "4.3.2", "Too many connections from your host");
-        close_after_flush(s);
+        ss_reply_raw(s, 421, "4.3.2", "Too many connections from your host");
+        ss_close_after_flush(s);
         return;
     }
     start_life(s);
@@ -1685,12 +1184,12 @@ void session_start(struct listener *l, int fd, const struct sockaddr *sa,
     s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (s->bev == NULL) {
         close(fd);
-        session_free(s);
+        ss_free(s);
         return;
     }
-    bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+    bufferevent_setcb(s->bev, ss_on_read, ss_on_write, ss_on_event, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_HIGH);
-    set_timeout(s, s->lc->command_timeout);
+    ss_set_timeout(s, s->lc->command_timeout);
 
     if (l->nsessions > s->lc->max_connections || !ip_count(s)) {
         /* Over the listener's limit, or this address over every policy's
@@ -1699,8 +1198,8 @@ void session_start(struct listener *l, int fd, const struct sockaddr *sa,
         if (s->icid)
             mlog_icid_new(s->icid, s->lc->name, l->ip, s->ip, NULL, false);
         mlog_icid_receiving_failed(s->icid, "Connection limit exceeded");
-        reply(s, R_TOO_MANY_CONNS);
-        close_after_flush(s);
+        ss_reply(s, R_TOO_MANY_CONNS);
+        ss_close_after_flush(s);
         return;
     }
     s->hat_dns = hat_dns_start(srv->resolver, s->lc, &s->peer, on_hat_facts, s);
@@ -1710,7 +1209,7 @@ void session_drain(struct session *s)
 {
     s->draining = true;
     if (s->state == SS_CMD && s->txn == NULL && !s->dead)
-        session_process(s);
+        ss_process(s);
 }
 
 void session_kill(struct session *s)
@@ -1729,10 +1228,10 @@ void session_kill(struct session *s)
     txn_end(s, true);
     if (s->icid)
         mlog_icid_close(s->icid);
-    session_free(s);
+    ss_free(s);
 }
 
-static void session_free(struct session *s)
+void ss_free(struct session *s)
 {
     struct smtp_server *srv = s->srv;
     if (s->commit_pending) {
@@ -1749,7 +1248,7 @@ static void session_free(struct session *s)
         event_free(s->close_ev);
     hat_dns_free(s->hat_dns);
     sender_check_cancel(s->sender_check);
-    auth_abandon(s);
+    smtp_auth_abandon(s);
     free(s->pending_mail);
     if (s->ip_counted)
         iptable_release(srv->ip_sessions, &s->peer, iptable_tag(s->lc->name));
