@@ -51,7 +51,7 @@ struct session *session_next(struct session *s)
 
 /* ---- replies ---------------------------------------------------------- */
 
-/* Queue one ss_reply line built from a code, enhanced code and text. */
+/* Queue one reply line built from a code, enhanced code and text. */
 void ss_reply_raw(struct session *s, unsigned code, const char *enh,
                   const char *text)
 {
@@ -62,7 +62,7 @@ void ss_reply_raw(struct session *s, unsigned code, const char *enh,
         evbuffer_add_printf(out, "%u %s\r\n", code, text);
 }
 
-/* Queue a ss_reply from the table. */
+/* Queue a reply from the table. */
 void ss_reply(struct session *s, enum smtp_reply_id id)
 {
     const struct smtp_reply *r = smtp_reply_get(id);
@@ -108,7 +108,7 @@ static void expand_text(const struct session *s, const char *in,
     buf_free(&b);
 }
 
-/* A ss_reply with a configured code and text (or the default text). A
+/* A reply with a configured code and text (or the default text). A
  * text starting "#x.y.z " carries its enhanced code (the appliance's
  * convention); otherwise `enh` is used. */
 static void reply_custom(struct session *s, unsigned code, const char *enh,
@@ -122,7 +122,7 @@ static void reply_custom(struct session *s, unsigned code, const char *enh,
     if (t[0] == '#' && sscanf(t + 1, "%1u.%3u.%3u %n", &x, &y, &z, &n) == 3 &&
         n > 0) {
         /* The appliance's "#x.y.z text": the enhanced code, its class
-         * made to agree with the ss_reply code (451 with "#5.1.8"). */
+         * made to agree with the reply code (451 with "#5.1.8"). */
         str_printf(e, sizeof(e), "%u.%u.%u", code / 100, y, z);
         enh = e;
         body = t + 1 + n;
@@ -225,7 +225,7 @@ static void txn_spool_out(struct session *s)
     buf_reset(&t->out);
 }
 
-/* The ss_reply for a spool error number. */
+/* The reply for a spool error number. */
 static enum smtp_reply_id spool_err_reply(int err)
 {
     return (err == ENOSPC || err == EDQUOT || err == EFBIG) ? R_STORAGE_FULL
@@ -898,7 +898,7 @@ static size_t bdat_take(struct session *s, struct evbuffer *in, uint64_t left,
     return taken;
 }
 
-/* Read a BDAT chunk; at its end, ss_reply or commit. */
+/* Read a BDAT chunk; at its end, reply or commit. */
 static bool process_bdat(struct session *s, struct evbuffer *in)
 {
     if (s->discard_left || s->txn == NULL || !s->txn->bdat) {

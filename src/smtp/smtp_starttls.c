@@ -147,7 +147,7 @@ void smtp_tls_failed(struct session *s, short what)
     ss_free(s);
 }
 
-/* The TLS records of the last ss_reply have left: close now. */
+/* The TLS records of the last reply have left: close now. */
 static void on_tls_drained_ev(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
