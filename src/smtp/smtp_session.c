@@ -241,10 +241,15 @@ static void received_header(struct session *s, struct buf *b)
     time_t now = time(NULL);
     localtime_r(&now, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-    /* RFC 3848: ESMTPS, UTF8SMTPS (RFC 6531) under TLS. */
-    const char *proto = !s->esmtp ? "SMTP"
-                        : s->tls ? (t->params.smtputf8 ? "UTF8SMTPS" : "ESMTPS")
-                                 : (t->params.smtputf8 ? "UTF8SMTP" : "ESMTP");
+    /* RFC 3848 (and RFC 6531 for UTF8SMTP): "S" under TLS, "A" after
+     * AUTH, e.g. ESMTPSA. */
+    char proto[16];
+    if (!s->esmtp)
+        str_copy(proto, sizeof(proto), "SMTP");
+    else
+        str_printf(proto, sizeof(proto), "%s%s%s",
+                   t->params.smtputf8 ? "UTF8SMTP" : "ESMTP",
+                   s->tls ? "S" : "", s->authed ? "A" : "");
     /* The HELO name and the recipient go in verbatim: both were
      * validated (no CR, LF, NUL or other controls), and escaping them
      * would change the recipient's quoted local part. */

@@ -1317,9 +1317,28 @@ def test_auth_requires_tls(moat_factory, passwd):
         assert "250-AUTH PLAIN LOGIN" in e.raw, e.raw
         r = c.cmd("AUTH PLAIN " + plain("alice", PASSWORD))
         assert r.line.startswith("235 2.7.0 "), r.raw
+        mid = send_message(c)
         c.expect("QUIT", BYE)
     expect_log(moat, "SMTP Auth: (ICID %d) succeeded for user: alice using AUTH "
                "mechanism: PLAIN with profile: staff" % icid, mark)
+    # RFC 3848: encrypted and authenticated.
+    rcv = received_header(spooled_content(moat, mid))
+    assert "\tby %s with ESMTPSA id %d (ICID %d)\r\n" % (HOSTNAME, mid, icid) in rcv, rcv
+
+
+def test_received_header_says_esmtpa_after_plaintext_auth(moat_factory, passwd):
+    """RFC 3848: a message submitted after AUTH without TLS is received
+    "with ESMTPA"."""
+    moat = moat_factory(auth_tls_conf(passwd, False))
+    c, icid, ehlo = session(moat)
+    with c:
+        assert "250-AUTH PLAIN LOGIN" in ehlo.raw, ehlo.raw
+        r = c.cmd("AUTH PLAIN " + plain("alice", PASSWORD))
+        assert r.line.startswith("235 2.7.0 "), r.raw
+        mid = send_message(c)
+        c.expect("QUIT", BYE)
+    rcv = received_header(spooled_content(moat, mid))
+    assert "\tby %s with ESMTPA id %d (ICID %d)\r\n" % (HOSTNAME, mid, icid) in rcv, rcv
 
 
 def test_auth_before_starttls_is_forgotten(moat_factory, passwd):
