@@ -5,9 +5,6 @@
 
 #include <string.h>
 
-static const char *const tls_names[] = {"off", "preferred", "required"};
-static const char *const auth_names[] = {"off", "preferred", "required"};
-
 static const struct conf_listener *find(const struct moat_conf *c,
                                         const char *name, struct buf *out)
 {
@@ -21,18 +18,8 @@ static const struct conf_listener *find(const struct moat_conf *c,
     return l;
 }
 
-static void rule_upper(const struct conf_policy *p, char *out, size_t outlen)
-{
-    const char *r = conf_access_name(p->access);
-    size_t i = 0;
-    for (; r[i] && i + 1 < outlen; i++)
-        out[i] = (char)(r[i] >= 'a' && r[i] <= 'z' ? r[i] - 32 : r[i]);
-    out[i] = '\0';
-}
-
 static void list_one(const struct conf_listener *l, struct buf *out)
 {
-    char rule[16];
     buf_printf(out, "Listener %s (%s)\n", l->name,
                l->type == LISTENER_PUBLIC ? "public" : "private");
     buf_printf(out, "%-5s %-20s %-16s %-9s %7s  %s\n", "Order", "Sender Group",
@@ -40,14 +27,13 @@ static void list_one(const struct conf_listener *l, struct buf *out)
     for (size_t i = 0; i < l->ngroups; i++) {
         const struct conf_sender_group *g = &l->groups[i];
         const struct conf_policy *p = &l->policies[g->policy];
-        rule_upper(p, rule, sizeof(rule));
         buf_printf(out, "%-5zu %-20s %-16s %-9s %7zu  %s\n", i + 1, g->name,
-                   p->name, rule, g->nsenders, g->comment ? g->comment : "");
+                   p->name, conf_access_rule(p->access), g->nsenders,
+                   g->comment ? g->comment : "");
     }
     const struct conf_policy *d = &l->policies[l->default_policy];
-    rule_upper(d, rule, sizeof(rule));
     buf_printf(out, "%-5s %-20s %-16s %-9s %7s  %s\n", "-", "ALL", d->name,
-               rule, "-", "hosts no group matches");
+               conf_access_rule(d->access), "-", "hosts no group matches");
 }
 
 bool hat_admin_list(const struct moat_conf *c, const char *name,
@@ -120,8 +106,8 @@ static void params(struct buf *out, const char *ind,
     buf_printf(out, "%ssender_dns_tempfail_code = %u;\n", ind,
                p->sdv_tempfail_code);
     text_param(out, ind, "sender_dns_tempfail_text", p->sdv_tempfail_text);
-    buf_printf(out, "%stls = %s;\n", ind, tls_names[p->tls]);
-    buf_printf(out, "%ssmtp_auth = %s;\n", ind, auth_names[p->smtp_auth]);
+    buf_printf(out, "%stls = %s;\n", ind, conf_tls_name(p->tls));
+    buf_printf(out, "%ssmtp_auth = %s;\n", ind, conf_auth_name(p->smtp_auth));
     buf_printf(out, "%sauth_requires_tls = %s;\n", ind,
                p->auth_requires_tls ? "true" : "false");
     buf_printf(out, "%stls_verify_client = %s;\n", ind,
@@ -133,9 +119,6 @@ static void params(struct buf *out, const char *ind,
     }
     buf_puts(out, p->ntls_mandatory ? " ];\n" : "];\n");
 }
-
-static const char *const dnsv_names[] = {"no_ptr", "ptr_tempfail",
-                                         "ptr_mismatch"};
 
 static void group_block(struct buf *out, const struct conf_listener *l,
                         const struct conf_sender_group *g)
@@ -161,7 +144,8 @@ static void group_block(struct buf *out, const struct conf_listener *l,
         bool first = true;
         for (unsigned k = 0; k < 3; k++)
             if (g->dns_verification & (1u << k)) {
-                buf_printf(out, "%s\"%s\"", first ? " " : ", ", dnsv_names[k]);
+                buf_printf(out, "%s\"%s\"", first ? " " : ", ",
+                           conf_dnsv_name(k));
                 first = false;
             }
         buf_puts(out, " ];\n");
@@ -217,7 +201,8 @@ bool hat_admin_detail(const struct moat_conf *c, const char *name,
             buf_printf(out, "    %s\n", g->sender_text[k]);
         for (unsigned k = 0; k < 3; k++)
             if (g->dns_verification & (1u << k))
-                buf_printf(out, "    DNS verification: %s\n", dnsv_names[k]);
+                buf_printf(out, "    DNS verification: %s\n",
+                           conf_dnsv_name(k));
         if (g->nsenders == 0 && g->dns_verification == 0)
             buf_puts(out, "    (no senders: matches nothing)\n");
     }

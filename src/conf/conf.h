@@ -270,8 +270,14 @@ struct buf;
 bool conf_import_hat(const char *conf_path, const char *listener,
                      const char *import_path, struct buf *out,
                      struct conf_errors *errs);
-/* Names of the access rules, TLS and AUTH settings, for show/export. */
+/* Names for show/export and the log: an access rule as the file writes
+ * it ("accept") and as the log does ("ACCEPT"); a tls or smtp_auth
+ * setting; DNS verification check k (SG_DNSV_* is 1 << k). */
 const char *conf_access_name(int access);
+const char *conf_access_rule(int access);
+const char *conf_tls_name(int tls);
+const char *conf_auth_name(int auth);
+const char *conf_dnsv_name(unsigned k);
 /* The SMTP route for a (lower-case) domain: an exact entry, else the
  * closest ".parent" entry, else "ALL"; NULL when none applies. */
 const struct conf_route *conf_route_find(const struct moat_conf *c,

@@ -42,6 +42,28 @@ const char *conf_access_name(int access)
                : "?";
 }
 
+const char *conf_access_rule(int access)
+{
+    static const char *const rules[] = {"ACCEPT", "RELAY", "REJECT",
+                                        "TCPREFUSE", "CONTINUE"};
+    return access >= 0 && access < (int)ARRAY_LEN(rules) ? rules[access] : "?";
+}
+
+const char *conf_tls_name(int tls)
+{
+    return tls >= 0 && tls < 3 ? conf_policy_tls_names[tls] : "?";
+}
+
+const char *conf_auth_name(int auth)
+{
+    return auth >= 0 && auth < 3 ? conf_policy_auth_names[auth] : "?";
+}
+
+const char *conf_dnsv_name(unsigned k)
+{
+    return k < ARRAY_LEN(dnsv_names) - 1 ? dnsv_names[k] : "?";
+}
+
 /* ---- the tables ---- */
 
 #define POL(f) offsetof(struct conf_policy, f)

@@ -10,9 +10,6 @@
 
 /* ---- the verdict ---- */
 
-static const char *const dnsv_text[] = {"no_ptr", "ptr_tempfail",
-                                        "ptr_mismatch"};
-
 /* Does one group match? Sets *match to the entry (or check) that did. */
 static bool group_matches(const struct conf_sender_group *g,
                           const struct hat_facts *f, const char **match)
@@ -46,7 +43,7 @@ static bool group_matches(const struct conf_sender_group *g,
     };
     for (unsigned k = 0; k < 3; k++)
         if ((g->dns_verification & (1u << k)) && checks[k]) {
-            *match = dnsv_text[k];
+            *match = conf_dnsv_name(k);
             return true;
         }
     return false;

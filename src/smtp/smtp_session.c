@@ -30,7 +30,6 @@
 #include "spool/spool.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -248,8 +247,8 @@ static void received_header(struct session *s, struct buf *b)
         str_copy(proto, sizeof(proto), "SMTP");
     else
         str_printf(proto, sizeof(proto), "%s%s%s",
-                   t->params.smtputf8 ? "UTF8SMTP" : "ESMTP",
-                   s->tls ? "S" : "", s->authed ? "A" : "");
+                   t->params.smtputf8 ? "UTF8SMTP" : "ESMTP", s->tls ? "S" : "",
+                   s->authed ? "A" : "");
     /* The HELO name and the recipient go in verbatim: both were
      * validated (no CR, LF, NUL or other controls), and escaping them
      * would change the recipient's quoted local part. */
@@ -1108,10 +1107,6 @@ static void on_hat_facts(void *arg)
     s->hat_entry = v.match;
     if (s->pp->banner_hostname)
         s->hostname = s->pp->banner_hostname;
-    char rule[16];
-    str_copy(rule, sizeof(rule), conf_access_name(s->pol->access));
-    for (char *p = rule; *p; p++)
-        *p = (char)toupper((unsigned char)*p);
 
     if (s->pol->access == HAT_TCPREFUSE) {
         /* As on the appliance: no ICID, nothing said, the socket closed. */
@@ -1129,7 +1124,8 @@ static void on_hat_facts(void *arg)
     }
     mlog_icid_new(s->icid, s->lc->name, s->lis->ip, s->ip,
                   s->rdns[0] ? s->rdns : NULL, s->verified);
-    mlog_icid_hat(s->icid, rule, s->group, s->hat_entry);
+    mlog_icid_hat(s->icid, conf_access_rule(s->pol->access), s->group,
+                  s->hat_entry);
     if (s->draining || srv->draining) {
         ss_reply(s, R_SHUTDOWN);
         ss_close_after_flush(s);
