@@ -354,21 +354,10 @@ static void build_policy(struct vctx *v, struct conf_listener *l,
         const struct conf_key *k = &tab->keys[i];
         if (seen[i] || strcmp(k->name, "access") == 0)
             continue;
-        size_t param = k->off - POL(p);
-        size_t lbase = offsetof(struct conf_listener, defaults);
-        if (k->type == KT_STRINGS) {
-            size_t param2 = k->off2 - POL(p);
-            size_t n = *(const size_t *)((const char *)l + lbase + param);
-            char *const *src =
-                *(char **const *)((const char *)l + lbase + param2);
-            char **dst = xcalloc(n + 1, sizeof(*dst));
-            for (size_t j = 0; j < n; j++)
-                dst[j] = xstrdup(src[j]);
-            *(size_t *)((char *)p + k->off) = n;
-            *(char ***)((char *)p + k->off2) = dst;
-            continue;
-        }
-        conf_value_copy(k->type, p, k->off, l, lbase + param);
+        /* The listener's copy of the parameter: same place inside
+         * struct conf_policy_params. */
+        size_t to_params = offsetof(struct conf_listener, defaults);
+        conf_value_copy(k, p, POL(p), l, to_params);
     }
     v->where[0] = '\0';
 }

@@ -231,10 +231,13 @@ const char *conf_suggest(const char *s, const char *const *names, size_t count);
 
 /* Free a KT_STRINGS list and zero it. */
 void conf_strings_free(size_t *count, char ***list);
-/* Copy field `off` of a key of type t from src to dst (strings are
- * duplicated; the old value of dst is freed). */
-void conf_value_copy(enum conf_key_type t, void *dst, size_t dst_off,
-                     const void *src, size_t src_off);
+/* Copy key k's value (its field at k->off, and k->off2 for lists) into
+ * dst from src, where the same fields sit in a block laid out alike:
+ * k's offsets are relative to dst's struct; dst_base is where that
+ * layout starts in it and src_base where it starts in src. Strings are
+ * duplicated; dst's old value is freed. */
+void conf_value_copy(const struct conf_key *k, void *dst, size_t dst_base,
+                     const void *src, size_t src_base);
 
 /* The policy parameter keys, shared by the listener table (the defaults)
  * and the mail_flow_policy table (conf_hat.c). */

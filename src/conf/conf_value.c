@@ -307,7 +307,6 @@ void conf_strings_free(size_t *count, char ***list)
     *count = 0;
 }
 
-
 /* A list (or one scalar) of strings, each checked like a KT_STRING of
  * 1..SG_ENTRY_MAX bytes; k->max bounds the number of entries. */
 static bool set_strings(struct vctx *v, const struct conf_key *k,
@@ -350,32 +349,45 @@ static bool set_strings(struct vctx *v, const struct conf_key *k,
     return ok;
 }
 
-void conf_value_copy(enum conf_key_type t, void *dst, size_t dst_off,
-                     const void *src, size_t src_off)
+void conf_value_copy(const struct conf_key *k, void *dst, size_t dst_base,
+                     const void *src, size_t src_base)
 {
-    switch (t) {
+    size_t d = k->off, sr = k->off - dst_base + src_base;
+    switch (k->type) {
     case KT_STRING: {
-        char **d = FIELD(dst, dst_off, char *);
-        char *const *s = FIELD(src, src_off, char *);
-        free(*d);
-        *d = *s ? xstrdup(*s) : NULL;
+        char **to = FIELD(dst, d, char *);
+        char *const *from = FIELD(src, sr, char *);
+        free(*to);
+        *to = *from ? xstrdup(*from) : NULL;
+        break;
+    }
+    case KT_STRINGS: {
+        size_t d2 = k->off2, sr2 = k->off2 - dst_base + src_base;
+        size_t n = *FIELD(src, sr, const size_t);
+        char *const *from = *FIELD(src, sr2, char **);
+        conf_strings_free(FIELD(dst, d, size_t), FIELD(dst, d2, char **));
+        char **to = xcalloc(n + 1, sizeof(*to));
+        for (size_t i = 0; i < n; i++)
+            to[i] = xstrdup(from[i]);
+        *FIELD(dst, d, size_t) = n;
+        *FIELD(dst, d2, char **) = to;
         break;
     }
     case KT_BOOL:
-        *FIELD(dst, dst_off, bool) = *FIELD(src, src_off, const bool);
+        *FIELD(dst, d, bool) = *FIELD(src, sr, const bool);
         break;
     case KT_UINT:
     case KT_TIME:
-        *FIELD(dst, dst_off, unsigned) = *FIELD(src, src_off, const unsigned);
+        *FIELD(dst, d, unsigned) = *FIELD(src, sr, const unsigned);
         break;
     case KT_SIZE:
-        *FIELD(dst, dst_off, uint64_t) = *FIELD(src, src_off, const uint64_t);
+        *FIELD(dst, d, uint64_t) = *FIELD(src, sr, const uint64_t);
         break;
     case KT_ENUM:
-        *FIELD(dst, dst_off, int) = *FIELD(src, src_off, const int);
+        *FIELD(dst, d, int) = *FIELD(src, sr, const int);
         break;
     default:
-        fatal("conf_value_copy: key type %d cannot be copied", (int)t);
+        fatal("conf_value_copy: key type %d cannot be copied", (int)k->type);
     }
 }
 
