@@ -6,10 +6,12 @@ set -eu
 
 mode=${1:-run}
 
-# Build and run.
+# Build and run. ca-certificates: the CAs outbound TLS trusts by default;
+# dns-root-data: the DNSSEC root trust anchor (/usr/share/dns/root.key)
+# for DANE.
 pkgs="build-essential pkg-config meson ninja-build libevent-dev libssl-dev
       libunbound-dev libpcre2-dev libsqlite3-dev libjansson-dev
-      libcrypt-dev"
+      libcrypt-dev ca-certificates dns-root-data"
 # Tests: unit framework, Python test runner, real SMTP peers, a DNS server
 # (knotd) and its tools (kdig, knotc) for the loopback DNS fixture, nmap
 # (its smtp-open-relay script checks that no listener is an open relay);

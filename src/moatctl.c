@@ -88,6 +88,29 @@ static const struct command commands[] = {
      "commit. A file that does not validate changes nothing; its errors "
      "are printed as file:line:column: reason. Runs with your permissions: "
      "you must be able to write the configuration file."},
+    {"destconfig list", "",
+     "List the destination controls table as the appliance's destconfig "
+     "does: for each domain row and the Default row, Rate Limiting (On: "
+     "the row sets a limit; Default: it uses the Default row's), TLS, "
+     "Bounce Verification, Bounce Profile and IP Version Preference."},
+    {"destconfig detail", "[DOMAIN]",
+     "Show every setting of a destination row (all rows without an "
+     "argument): IP address preference, concurrent connections, messages "
+     "per connection, recipient limit, whether limits count per domain or "
+     "per MX IP address, TLS, DANE, bounce verification and bounce profile. "
+     "Values the row takes from the Default row show as Default (value). "
+     "A domain without a row of its own shows the row that applies to it."},
+    {"destconfig export", "[FILE]",
+     "Write the destination controls table to FILE (standard output "
+     "without one, or with -) as configuration blocks: destination "
+     "\"Default\" with every setting, then each row with only the settings "
+     "it sets. Give it back, edited or not, with destconfig import."},
+    {"destconfig import", "FILE",
+     "Replace every destination block of the configuration file (-c) with "
+     "the blocks in FILE (what destconfig export writes; an empty file "
+     "clears the table), validate the whole, keep the old file as "
+     "FILE.bak, and tell moatd to commit. A file that does not validate "
+     "changes nothing; errors are printed as file:line:column: reason."},
     {"configtest", "",
      "Ask moatd to read and validate its configuration file without "
      "applying it. Errors are printed as file:line:column: reason."},
@@ -175,8 +198,9 @@ static const struct command *find_command(int argc, char **argv, int *used)
     return best;
 }
 
-/* Send the request and copy the answer to stdout; return the exit code. */
-static int request(const char *path, const char *req)
+/* Send the request and copy the answer to out (errors to stderr);
+ * return the exit code. */
+static int request_to(const char *path, const char *req, FILE *out)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     if (!str_copy(sun.sun_path, sizeof(sun.sun_path), path)) {
@@ -208,7 +232,7 @@ static int request(const char *path, const char *req)
             skip = status == 0 ? 3 : 4;
             off = (size_t)n < skip ? (size_t)n : skip;
         }
-        fwrite(buf + off, 1, (size_t)n - off, status ? stderr : stdout);
+        fwrite(buf + off, 1, (size_t)n - off, status ? stderr : out);
     }
     close(fd);
     if (status < 0) {
@@ -219,19 +243,46 @@ static int request(const char *path, const char *req)
     return status;
 }
 
-/* hat import: splice the block into the configuration file, validate the
- * whole, keep a backup, install it, and ask moatd to commit. */
-static int hat_import(const char *conf_path, const char *listener,
-                      const char *file, const char *sock)
+static int request(const char *path, const char *req)
 {
+    return request_to(path, req, stdout);
+}
+
+/* destconfig export FILE: the daemon's export, written to FILE. */
+static int export_to_file(const char *sock, const char *req, const char *file)
+{
+    FILE *f = fopen(file, "we");
+    if (f == NULL) {
+        fprintf(stderr, "moatctl: %s: %s\n", file, strerror(errno));
+        return 2;
+    }
+    int rc = request_to(sock, req, f);
+    if (fclose(f) != 0 && rc == 0) {
+        fprintf(stderr, "moatctl: %s: %s\n", file, strerror(errno));
+        rc = 2;
+    }
+    if (rc == 0)
+        printf("Destination controls exported to %s\n", file);
+    return rc;
+}
+
+/* hat import, destconfig import: splice the blocks into the
+ * configuration file, validate the whole, keep a backup, install it, and
+ * ask moatd to commit. label: the hat's listener (NULL: every
+ * destination block). */
+static int import_blocks(const char *conf_path, const char *key,
+                         const char *label, const char *file,
+                         const char *sock)
+{
+    const char *what = label ? "hat import" : "destconfig import";
     if (conf_path == NULL) {
-        fprintf(stderr, "moatctl: hat import edits the configuration file: "
-                        "give it with -c FILE\n");
+        fprintf(stderr, "moatctl: %s edits the configuration file: "
+                        "give it with -c FILE\n", what);
         return 2;
     }
     struct conf_errors e = {0};
     struct buf text = {0};
-    if (!conf_import_hat(conf_path, listener, file, &text, &e)) {
+    if (!conf_import_blocks(conf_path, key, label, file, &text, &e)) {
         conf_errors_print(&e, stderr);
         conf_errors_free(&e);
         buf_free(&text);
@@ -307,8 +358,13 @@ static int hat_import(const char *conf_path, const char *listener,
         unlink(tmp);
         return 2;
     }
-    printf("%s: hat \"%s\" imported from %s (previous file: %s)\n", conf_path,
-           listener, file, bak);
+    if (label)
+        printf("%s: hat \"%s\" imported from %s (previous file: %s)\n",
+               conf_path, label, file, bak);
+    else
+        printf("%s: destination controls imported from %s (previous file: "
+               "%s)\n",
+               conf_path, file, bak);
     return request(sock, "commit");
 }
 
@@ -401,7 +457,14 @@ int main(int argc, char **argv)
     }
     int rc;
     if (strcmp(cmd->name, "hat import") == 0)
-        rc = hat_import(conf_path, rest[0], rest[1], sock);
+        rc = import_blocks(conf_path, "hat", rest[0], rest[1], sock);
+    else if (strcmp(cmd->name, "destconfig import") == 0)
+        rc = import_blocks(conf_path, "destination", NULL, rest[0], sock);
+    else if (strcmp(cmd->name, "destconfig export") == 0 && nrest == 1 &&
+             strcmp(rest[0], "-") != 0)
+        rc = export_to_file(sock, "destconfig export", rest[0]);
+    else if (strcmp(cmd->name, "destconfig export") == 0)
+        rc = request(sock, "destconfig export");
     else
         rc = request(sock, req);
     free(sock_alloc);

@@ -10,11 +10,13 @@
  * SIGUSR1 only reopens the log.
  */
 #include "admin/control.h"
+#include "admin/dest_admin.h"
 #include "admin/hat_admin.h"
 #include "conf/conf.h"
 #include "core/buf.h"
 #include "core/ids.h"
 #include "core/mlog.h"
+#include "delivery/tls_client.h"
 #include "queue/queue.h"
 #include "smtp/smtp.h"
 #include "spool/spool.h"
@@ -75,6 +77,22 @@ static struct moat_conf *load_conf(const char *path, struct conf_errors *e)
  * to the admin who committed them). */
 static void unenforced_notes(const struct moat_conf *c, struct buf *out)
 {
+    for (size_t i = 0; i < c->dest_count; i++) {
+        const struct conf_dest *dc = &c->dests[i];
+        if (dc->bounce_verification == DEST_BV_YES &&
+            conf_dest_key_set(dc, "bounce_verification")) {
+            mlog_system(MLOG_INFO,
+                        "destination %s: bounce_verification is stored; "
+                        "address tagging is not implemented yet",
+                        dc->domain);
+            if (out)
+                buf_printf(out,
+                           "Note: destination %s: bounce_verification is "
+                           "stored; address tagging is not implemented "
+                           "yet.\n",
+                           dc->domain);
+        }
+    }
     for (size_t i = 0; i < c->listener_count; i++) {
         const struct conf_listener *l = &c->listeners[i];
         for (size_t k = 0; k < l->npolicies; k++) {
@@ -239,6 +257,10 @@ static bool ctl_status(void *arg, const char *args, struct buf *out)
                (unsigned long long)st.tls_ok);
     buf_printf(out, "  Inbound TLS Failures         %llu\n",
                (unsigned long long)st.tls_failed);
+    buf_printf(out, "  Outbound TLS Handshakes      %llu\n",
+               (unsigned long long)qs.tls_out);
+    buf_printf(out, "  Outbound TLS Failures        %llu\n",
+               (unsigned long long)qs.tls_out_failed);
     buf_printf(out, "  Connections TCP Refused      %llu\n",
                (unsigned long long)st.refused);
     buf_printf(out, "  Rate Limited Recipients      %llu\n",
@@ -282,6 +304,17 @@ static void errors_to_buf(const struct conf_errors *e, struct buf *out)
         buf_printf(out, "%s\n", e->msgs[i]);
 }
 
+/* What only the running libraries can check: certificates and keys of
+ * the listeners, the outbound TLS context (CA bundle, ciphers). */
+static bool tls_check(const struct moat_conf *c, char *err, size_t errlen)
+{
+    if (!smtp_tls_check(c, err, errlen))
+        return false;
+    SSL_CTX *cctx = tls_client_ctx_new(&c->delivery, err, errlen);
+    SSL_CTX_free(cctx);
+    return cctx != NULL;
+}
+
 static bool ctl_configtest(void *arg, const char *args, struct buf *out)
 {
     struct daemon *d = arg;
@@ -294,7 +327,7 @@ static bool ctl_configtest(void *arg, const char *args, struct buf *out)
         return false;
     }
     char err[512];
-    if (!smtp_tls_check(c, err, sizeof(err))) {
+    if (!tls_check(c, err, sizeof(err))) {
         buf_printf(out, "%s: %s\n", c->path, err);
         conf_unref(c);
         return false;
@@ -341,14 +374,17 @@ static bool daemon_commit(struct daemon *d, struct buf *out)
         return false;
     }
     char err[512];
-    if (!smtp_server_apply(d->smtp, c, err, sizeof(err))) {
+    SSL_CTX *cctx = tls_client_ctx_new(&c->delivery, err, sizeof(err));
+    if (cctx == NULL || !smtp_server_apply(d->smtp, c, err, sizeof(err))) {
         buf_printf(out,
                    "Configuration refused; the running configuration "
                    "stays.\n%s\n",
                    err);
+        SSL_CTX_free(cctx);
         conf_unref(c);
         return false;
     }
+    queue_set_tls(d->queue, cctx);
     restart_notes(d->conf, c, out);
     unenforced_notes(c, out);
     queue_set_conf(d->queue, c);
@@ -381,6 +417,31 @@ static bool ctl_hat_export(void *arg, const char *args, struct buf *out)
 {
     struct daemon *d = arg;
     return hat_admin_export(d->conf, args, out);
+}
+
+static bool ctl_dest_list(void *arg, const char *args, struct buf *out)
+{
+    struct daemon *d = arg;
+    if (args[0]) {
+        buf_puts(out, "destconfig list takes no arguments\n");
+        return false;
+    }
+    dest_admin_list(d->conf, out);
+    return true;
+}
+
+static bool ctl_dest_detail(void *arg, const char *args, struct buf *out)
+{
+    struct daemon *d = arg;
+    return dest_admin_detail(d->conf, args, out);
+}
+
+static bool ctl_dest_export(void *arg, const char *args, struct buf *out)
+{
+    struct daemon *d = arg;
+    (void)args;
+    dest_admin_export(d->conf, out);
+    return true;
 }
 
 static bool ctl_commit(void *arg, const char *args, struct buf *out)
@@ -582,6 +643,9 @@ static int serve(struct daemon *d)
     control_register(d->control, "queue retry", ctl_retry, d);
     control_register(d->control, "tophosts", ctl_tophosts, d);
     control_register(d->control, "hoststatus", ctl_hoststatus, d);
+    control_register(d->control, "destconfig list", ctl_dest_list, d);
+    control_register(d->control, "destconfig detail", ctl_dest_detail, d);
+    control_register(d->control, "destconfig export", ctl_dest_export, d);
     control_register(d->control, "configtest", ctl_configtest, d);
     control_register(d->control, "commit", ctl_commit, d);
     setup_signals(d);
@@ -647,7 +711,7 @@ int main(int argc, char **argv)
     }
     if (test_only) {
         char err[512];
-        if (!smtp_tls_check(d.conf, err, sizeof(err))) {
+        if (!tls_check(d.conf, err, sizeof(err))) {
             fprintf(stderr, "%s: %s\n", d.conf->path, err);
             conf_unref(d.conf);
             return 1;

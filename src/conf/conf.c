@@ -84,8 +84,8 @@ void conf_diag_error(struct conf_diag *d, const struct conf_pos *pos,
 
 static const char *const listener_types[] = {"public", "private", NULL};
 static const char *const rat_actions[] = {"accept", "reject", NULL};
-static const char *const tls_protocols[] = {"TLSv1", "TLSv1.1", "TLSv1.2",
-                                            "TLSv1.3", NULL};
+const char *const conf_tls_protocols[] = {"TLSv1", "TLSv1.1", "TLSv1.2",
+                                          "TLSv1.3", NULL};
 
 static const struct conf_key mail_log_keys[] = {
     {.name = "path",
@@ -269,7 +269,7 @@ static const struct conf_key listener_keys[] = {
      .type = KT_ENUM,
      .def = "TLSv1.2",
      .off = LIS(tls_min_protocol),
-     .aux = tls_protocols,
+     .aux = conf_tls_protocols,
      .help = "lowest TLS version accepted: TLSv1, TLSv1.1, TLSv1.2, TLSv1.3"},
     {.name = "tls_client_ca",
      .type = KT_STRING,

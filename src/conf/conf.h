@@ -158,13 +158,39 @@ enum ip_preference {
     IPPREF_V4_ONLY,
 };
 
-/* Destination controls: one row per domain / .subdomain, and "Default". */
+/* Outbound TLS per destination: the appliance's six settings (seed 003);
+ * same order as enum smtpc_tls_mode. */
+enum dest_tls {
+    DEST_TLS_NO,
+    DEST_TLS_PREFERRED,
+    DEST_TLS_REQUIRED,
+    DEST_TLS_PREFERRED_VERIFY,
+    DEST_TLS_REQUIRED_VERIFY,
+    DEST_TLS_REQUIRED_VERIFY_HOSTED,
+};
+
+enum dest_dane { DEST_DANE_NONE, DEST_DANE_OPPORTUNISTIC, DEST_DANE_MANDATORY };
+enum dest_limits_per { DEST_PER_DOMAIN, DEST_PER_MX_IP };
+enum dest_bv { DEST_BV_DEFAULT, DEST_BV_NO, DEST_BV_YES };
+
+/* Destination controls: one row per domain / .subdomain, and "Default".
+ * A row's keys not written take the Default row's values ("Use
+ * Default"); `set` says which were written (bit = key index in
+ * conf_table_dest), for moatctl destconfig. */
 struct conf_dest {
     char *domain;
     unsigned concurrency;             /* connections at once, 1-1000 */
     unsigned messages_per_connection; /* 1-1000 */
+    unsigned recipient_limit;         /* recipients per recipient_period */
+    unsigned recipient_period;        /* seconds, 1-3600 */
+    bool rcpt_limited;                /* recipient_limit applies */
+    int limits_per;                   /* enum dest_limits_per */
     int ip_preference;                /* enum ip_preference */
+    int tls;                          /* enum dest_tls */
+    int dane;                         /* enum dest_dane */
+    int bounce_verification;          /* enum dest_bv (stored only) */
     char *bounce_profile;             /* name of a bounce_profile */
+    uint32_t set;
 };
 
 /* Bounce profiles (the appliance's bounceconfig). */
@@ -192,6 +218,9 @@ struct conf_resolver {
     size_t nstubs;
     struct conf_stub_zone *stubs;
     unsigned timeout;   /* seconds before a query counts as failed */
+    char *trust_anchor_file; /* DNSSEC trust anchors for DANE ("": none) */
+    size_t ntrust_anchors;
+    char **trust_anchors;    /* DS or DNSKEY records, zone file syntax */
 };
 
 /* The SMTP client's settings. */
@@ -204,6 +233,9 @@ struct conf_delivery {
     unsigned data_timeout;      /* each block of content written */
     unsigned data_done_timeout; /* reply after the final dot */
     unsigned max_rcpts_per_txn; /* recipients per transaction */
+    char *tls_ca_file;          /* CAs trusted beyond the system store */
+    char *tls_ciphers;          /* OpenSSL cipher string (TLS <= 1.2) */
+    int tls_min_protocol;       /* index in "TLSv1" ... "TLSv1.3" */
 };
 
 struct moat_conf {
@@ -270,6 +302,12 @@ struct buf;
 bool conf_import_hat(const char *conf_path, const char *listener,
                      const char *import_path, struct buf *out,
                      struct conf_errors *errs);
+/* The same for every `key "..." { }` block (label NULL: the file may hold
+ * any number of them, and every one in conf_path is replaced; e.g.
+ * `moatctl destconfig import` with key "destination"). */
+bool conf_import_blocks(const char *conf_path, const char *key,
+                        const char *label, const char *import_path,
+                        struct buf *out, struct conf_errors *errs);
 /* Names for show/export and the log: an access rule as the file writes
  * it ("accept") and as the log does ("ACCEPT"); a tls or smtp_auth
  * setting; DNS verification check k (SG_DNSV_* is 1 << k). */
@@ -286,6 +324,18 @@ const struct conf_route *conf_route_find(const struct moat_conf *c,
  * else "Default"; never NULL). */
 const struct conf_dest *conf_dest_find(const struct moat_conf *c,
                                        const char *domain);
+/* Names as the file writes them: a destination's tls, dane, limits_per,
+ * bounce_verification, ip_preference value. */
+const char *conf_dest_tls_name(int tls);
+const char *conf_dest_dane_name(int dane);
+const char *conf_dest_per_name(int per);
+const char *conf_dest_bv_name(int bv);
+const char *conf_ip_pref_name(int pref);
+/* Did the row write this key (else it is the Default row's value)? */
+bool conf_dest_key_set(const struct conf_dest *d, const char *key);
+/* The row as a destination "..." { } block: the keys it sets, or every
+ * key (all: the Default row). */
+void conf_dest_write(const struct conf_dest *d, bool all, struct buf *out);
 /* A bounce profile by name ("Default" always exists); NULL if unknown. */
 const struct conf_bounce_profile *
 conf_profile_find(const struct moat_conf *c, const char *name);

@@ -12,6 +12,8 @@
  * written, and a destination naming an unknown profile is refused.
  */
 #include "conf/conf_node.h"
+#include "conf/conf_params.h"
+#include "core/buf.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -32,6 +34,41 @@
 
 static const char *const ip_prefs[] = {"ipv6_preferred", "ipv6_only",
                                        "ipv4_preferred", "ipv4_only", NULL};
+static const char *const dest_tls_names[] = {
+    "no", "preferred", "required", "preferred_verify", "required_verify",
+    "required_verify_hosted", NULL};
+static const char *const dest_dane_names[] = {"none", "opportunistic",
+                                              "mandatory", NULL};
+static const char *const dest_per_names[] = {"domain", "mx_ip", NULL};
+static const char *const dest_bv_names[] = {"default", "no", "yes", NULL};
+
+#define ENUM_NAME(arr, v)                                                     \
+    ((v) >= 0 && (size_t)(v) < ARRAY_LEN(arr) - 1 ? (arr)[v] : "?")
+
+const char *conf_dest_tls_name(int v)
+{
+    return ENUM_NAME(dest_tls_names, v);
+}
+
+const char *conf_dest_dane_name(int v)
+{
+    return ENUM_NAME(dest_dane_names, v);
+}
+
+const char *conf_dest_per_name(int v)
+{
+    return ENUM_NAME(dest_per_names, v);
+}
+
+const char *conf_dest_bv_name(int v)
+{
+    return ENUM_NAME(dest_bv_names, v);
+}
+
+const char *conf_ip_pref_name(int v)
+{
+    return ENUM_NAME(ip_prefs, v);
+}
 
 static const struct conf_key delivery_keys[] = {
     {.name = "suspended",
@@ -88,10 +125,46 @@ static const struct conf_key delivery_keys[] = {
      .max = 10000,
      .off = TOP(delivery.max_rcpts_per_txn),
      .help = "recipients sent in one MAIL transaction; more go in another"},
+    {.name = "tls_ca_file",
+     .type = KT_STRING,
+     .min = 1,
+     .max = PATH_MAX_LEN,
+     .off = TOP(delivery.tls_ca_file),
+     .help = "PEM bundle of CAs trusted for outbound TLS, besides the "
+             "system store (/etc/ssl/certs)"},
+    {.name = "tls_ciphers",
+     .type = KT_STRING,
+     .def = CONF_DEFAULT_CIPHERS,
+     .min = 1,
+     .max = 2000,
+     .off = TOP(delivery.tls_ciphers),
+     .help = "OpenSSL cipher string for outbound TLS 1.2 and below"},
+    {.name = "tls_min_protocol",
+     .type = KT_ENUM,
+     .def = "TLSv1.2",
+     .off = TOP(delivery.tls_min_protocol),
+     .aux = conf_tls_protocols,
+     .help = "lowest TLS version used outbound: TLSv1, TLSv1.1, TLSv1.2, "
+             "TLSv1.3"},
 };
 
 const struct conf_table conf_table_delivery = {
     "delivery", delivery_keys, ARRAY_LEN(delivery_keys)};
+
+/* "owner [ttl] [IN] DS|DNSKEY rdata": the shape unbound's add_ta takes;
+ * libunbound checks the rest when the resolver is made. */
+static const char *check_trust_anchor(const char *s)
+{
+    const char *ds = strstr(s, " DS ");
+    const char *key = strstr(s, " DNSKEY ");
+    if (ds == NULL && key == NULL)
+        return "is not a DS or DNSKEY record (\"zone. DS tag alg digest-type "
+               "digest\")";
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == ';')
+            return "holds a control character or a comment";
+    return NULL;
+}
 
 static const struct conf_key resolver_keys[] = {
     {.name = "resolv_conf",
@@ -109,6 +182,21 @@ static const struct conf_key resolver_keys[] = {
      .off = TOP(resolver.timeout),
      .help = "how long a lookup may take before it counts as a temporary "
              "failure"},
+    {.name = "trust_anchor_file",
+     .type = KT_STRING,
+     .def = "/usr/share/dns/root.key",
+     .max = PATH_MAX_LEN,
+     .off = TOP(resolver.trust_anchor_file),
+     .help = "DNSSEC trust anchors (DS or DNSKEY lines) for the lookups "
+             "of DANE destinations; \"\" for none"},
+    {.name = "trust_anchors",
+     .type = KT_STRINGS,
+     .max = 64,
+     .off = TOP(resolver.ntrust_anchors),
+     .off2 = TOP(resolver.trust_anchors),
+     .check = check_trust_anchor,
+     .help = "more trust anchors, each a DS or DNSKEY record as a zone "
+             "file writes it (\". DS 20326 8 2 E06D...\")"},
     {.name = "forwarders",
      .type = KT_SECTION,
      .help = "list of \"IP\" or \"IP@port\" name servers to send every "
@@ -147,6 +235,46 @@ static const struct conf_key dest_keys[] = {
      .max = 1000,
      .off = DST(messages_per_connection),
      .help = "messages sent over one connection before it is closed"},
+    {.name = "recipient_limit",
+     .type = KT_UINT,
+     .min = 0,
+     .max = 1000000000,
+     .off = DST(recipient_limit),
+     .help = "recipients sent per recipient_period (not set: no limit)"},
+    {.name = "recipient_period",
+     .type = KT_TIME,
+     .def = "60min",
+     .min = 1,
+     .max = 3600,
+     .off = DST(recipient_period),
+     .help = "the window recipient_limit counts over (1s to 60min)"},
+    {.name = "limits_per",
+     .type = KT_ENUM,
+     .def = "domain",
+     .off = DST(limits_per),
+     .aux = dest_per_names,
+     .help = "the limits count for the whole domain, or for each MX IP "
+             "address (mx_ip)"},
+    {.name = "tls",
+     .type = KT_ENUM,
+     .def = "no",
+     .off = DST(tls),
+     .aux = dest_tls_names,
+     .help = "STARTTLS: no, preferred, required, preferred_verify, "
+             "required_verify, required_verify_hosted"},
+    {.name = "dane",
+     .type = KT_ENUM,
+     .def = "none",
+     .off = DST(dane),
+     .aux = dest_dane_names,
+     .help = "DANE (RFC 7672): none, opportunistic, mandatory"},
+    {.name = "bounce_verification",
+     .type = KT_ENUM,
+     .def = "no",
+     .off = DST(bounce_verification),
+     .aux = dest_bv_names,
+     .help = "bounce verification address tagging: no or yes (default: "
+             "the Default row's)"},
     {.name = "ip_preference",
      .type = KT_ENUM,
      .def = "ipv6_preferred",
@@ -233,7 +361,11 @@ static void str_list_free(char **v, size_t n)
 void conf_delivery_clear(struct moat_conf *c)
 {
     free(c->delivery.helo);
+    free(c->delivery.tls_ca_file);
+    free(c->delivery.tls_ciphers);
     free(c->resolver.resolv_conf);
+    free(c->resolver.trust_anchor_file);
+    conf_strings_free(&c->resolver.ntrust_anchors, &c->resolver.trust_anchors);
     str_list_free(c->resolver.forwarders, c->resolver.nforwarders);
     for (size_t i = 0; i < c->resolver.nstubs; i++) {
         free(c->resolver.stubs[i].zone);
@@ -628,6 +760,42 @@ static void profiles_build(struct vctx *v)
     }
 }
 
+/* One destination row from its block: keys written are stored, the
+ * others come from the Default row (dflt NULL: this is the Default row,
+ * the table's defaults stay). */
+static void dest_fill(struct vctx *v, const struct conf_node *x,
+                      struct conf_dest *d, const struct conf_dest *dflt)
+{
+    struct moat_conf *c = v->c;
+    const struct conf_table *t = &conf_table_dest;
+    conf_where_set(v, "destination", x->label);
+    const struct conf_node *seen[CONF_MAX_TABLE_KEYS];
+    conf_block_walk(v, x, t, d, seen);
+    int bv = conf_table_index(t, "bounce_verification");
+    if (seen[bv] && d->bounce_verification == DEST_BV_DEFAULT) {
+        if (dflt == NULL)
+            conf_key_error(v, &seen[bv]->pos, "bounce_verification",
+                           "the Default row says no or yes");
+        seen[bv] = NULL; /* "default": as the Default row */
+    }
+    d->set = 0;
+    for (size_t k = 0; k < t->count; k++) {
+        if (seen[k])
+            d->set |= 1u << k;
+        else if (dflt)
+            conf_value_copy(&t->keys[k], d, 0, dflt, 0);
+    }
+    int rl = conf_table_index(t, "recipient_limit");
+    d->rcpt_limited = seen[rl] ? true : dflt ? dflt->rcpt_limited : false;
+    const struct conf_node *bp =
+        seen[conf_table_index(t, "bounce_profile")];
+    if (bp && d->bounce_profile && !conf_profile_find(c, d->bounce_profile))
+        conf_key_error(v, &bp->pos, "bounce_profile",
+                       "no bounce_profile \"%s\" is defined",
+                       d->bounce_profile);
+    v->where[0] = '\0';
+}
+
 static void dests_build(struct vctx *v)
 {
     struct moat_conf *c = v->c;
@@ -643,14 +811,30 @@ static void dests_build(struct vctx *v)
     conf_block_defaults(&conf_table_dest, &c->dests[0]);
     c->dests[0].domain = xstrdup("Default");
     c->dest_count = 1;
-    bool default_seen = false;
+    /* The Default row first, wherever it is written: the others take
+     * what they do not say from it. */
+    const struct conf_node *dflt = NULL;
+    for (const struct conf_node *x = v->root->child; x; x = x->next) {
+        if (strcmp(x->key, "destination") != 0 || x->label == NULL ||
+            strcmp(x->label, "Default") != 0)
+            continue;
+        if (dflt) {
+            conf_diag_error(v->d, &x->label_pos,
+                            "destination \"%s\" is defined twice", x->label);
+            continue;
+        }
+        dflt = x;
+        if (conf_named_block_ok(v, x, "destination",
+                    "destination \"Default\" { concurrency = 10; }"))
+            dest_fill(v, x, &c->dests[0], NULL);
+    }
     for (const struct conf_node *x = v->root->child; x; x = x->next) {
         if (strcmp(x->key, "destination") != 0 ||
+            (x->label && strcmp(x->label, "Default") == 0) ||
             !conf_named_block_ok(v, x, "destination",
                       "destination \"example.com\" { concurrency = 10; }"))
             continue;
-        bool is_default = strcmp(x->label, "Default") == 0;
-        const char *why = is_default ? NULL : check_domain_key(x->label, true);
+        const char *why = check_domain_key(x->label, true);
         if (why) {
             conf_diag_error(v->d, &x->label_pos,
                             "destination \"%s\" %s (a domain, \".domain\" or "
@@ -658,8 +842,8 @@ static void dests_build(struct vctx *v)
                             x->label, why);
             continue;
         }
-        char *key = is_default ? xstrdup("Default") : lower_dup(x->label);
-        bool dup = is_default && default_seen;
+        char *key = lower_dup(x->label);
+        bool dup = false;
         for (size_t i = 1; i < c->dest_count && !dup; i++)
             dup = strcmp(c->dests[i].domain, key) == 0;
         if (dup) {
@@ -668,26 +852,10 @@ static void dests_build(struct vctx *v)
             free(key);
             continue;
         }
-        struct conf_dest *d;
-        if (is_default) {
-            default_seen = true;
-            d = &c->dests[0];
-            free(key);
-        } else {
-            d = &c->dests[c->dest_count++];
-            conf_block_defaults(&conf_table_dest, d);
-            d->domain = key;
-        }
-        conf_where_set(v, "destination", x->label);
-        const struct conf_node *seen[CONF_MAX_TABLE_KEYS];
-        conf_block_walk(v, x, &conf_table_dest, d, seen);
-        const struct conf_node *bp =
-            seen[conf_table_index(&conf_table_dest, "bounce_profile")];
-        if (bp && d->bounce_profile && !conf_profile_find(c, d->bounce_profile))
-            conf_key_error(v, &bp->pos, "bounce_profile",
-                           "no bounce_profile \"%s\" is defined",
-                           d->bounce_profile);
-        v->where[0] = '\0';
+        struct conf_dest *d = &c->dests[c->dest_count++];
+        conf_block_defaults(&conf_table_dest, d);
+        d->domain = key;
+        dest_fill(v, x, d, &c->dests[0]);
     }
 }
 
@@ -767,4 +935,49 @@ conf_profile_find(const struct moat_conf *c, const char *name)
         if (strcmp(c->profiles[i].name, name) == 0)
             return &c->profiles[i];
     return NULL;
+}
+
+bool conf_dest_key_set(const struct conf_dest *d, const char *key)
+{
+    int k = conf_table_index(&conf_table_dest, key);
+    return k >= 0 && (d->set & (1u << k)) != 0;
+}
+
+void conf_dest_write(const struct conf_dest *d, bool all, struct buf *out)
+{
+    const struct conf_table *t = &conf_table_dest;
+    buf_printf(out, "destination \"%s\" {\n", d->domain);
+    for (size_t k = 0; k < t->count; k++) {
+        const char *key = t->keys[k].name;
+        if (!(d->set & (1u << k)) &&
+            !(all && (strcmp(key, "recipient_limit") != 0 || d->rcpt_limited)))
+            continue;
+        buf_printf(out, "    %s = ", key);
+        if (strcmp(key, "concurrency") == 0)
+            buf_printf(out, "%u", d->concurrency);
+        else if (strcmp(key, "messages_per_connection") == 0)
+            buf_printf(out, "%u", d->messages_per_connection);
+        else if (strcmp(key, "recipient_limit") == 0)
+            buf_printf(out, "%u", d->recipient_limit);
+        else if (strcmp(key, "recipient_period") == 0)
+            buf_printf(out, d->recipient_period % 60 ? "%us" : "%umin",
+                       d->recipient_period % 60 ? d->recipient_period
+                                                : d->recipient_period / 60);
+        else if (strcmp(key, "limits_per") == 0)
+            buf_puts(out, conf_dest_per_name(d->limits_per));
+        else if (strcmp(key, "tls") == 0)
+            buf_puts(out, conf_dest_tls_name(d->tls));
+        else if (strcmp(key, "dane") == 0)
+            buf_puts(out, conf_dest_dane_name(d->dane));
+        else if (strcmp(key, "bounce_verification") == 0)
+            buf_puts(out, conf_dest_bv_name(d->bounce_verification));
+        else if (strcmp(key, "ip_preference") == 0)
+            buf_puts(out, conf_ip_pref_name(d->ip_preference));
+        else if (strcmp(key, "bounce_profile") == 0)
+            buf_printf(out, "\"%s\"", d->bounce_profile);
+        else
+            buf_puts(out, "?");
+        buf_puts(out, ";\n");
+    }
+    buf_puts(out, "}\n");
 }

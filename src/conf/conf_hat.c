@@ -856,9 +856,9 @@ static char *read_small(const char *path, size_t *len, char *err, size_t errlen)
     return s;
 }
 
-bool conf_import_hat(const char *conf_path, const char *listener,
-                     const char *import_path, struct buf *out,
-                     struct conf_errors *errs)
+bool conf_import_blocks(const char *conf_path, const char *key,
+                        const char *label, const char *import_path,
+                        struct buf *out, struct conf_errors *errs)
 {
     struct conf_diag d = {.errs = errs};
     struct conf_pos whole = {import_path, 0, 0};
@@ -869,17 +869,35 @@ bool conf_import_hat(const char *conf_path, const char *listener,
         conf_diag_error(&d, &whole, "%s", err);
         return false;
     }
-    /* The file must be one hat block for that listener, and nothing else. */
+    /* The file holds only such blocks: exactly one for a label (hat
+     * "LISTENER"), any number otherwise (destination rows). */
     struct conf_tree it = {0};
     bool ok = conf_parse_string(&it, import_path, itext, ilen, &d);
-    const struct conf_node *blk = ok ? it.root->child : NULL;
-    if (ok && (blk == NULL || blk->next || strcmp(blk->key, "hat") != 0 ||
-               blk->type != NODE_OBJECT || blk->label == NULL ||
-               strcmp(blk->label, listener) != 0)) {
-        conf_diag_error(&d, blk ? &blk->key_pos : &whole,
-                        "the file must hold exactly one block: hat \"%s\" "
-                        "{ ... } (what moatctl hat export %s writes)",
-                        listener, listener);
+    size_t nblk = 0;
+    for (const struct conf_node *b = ok ? it.root->child : NULL; b && ok;
+         b = b->next) {
+        nblk++;
+        if (strcmp(b->key, key) != 0 || b->type != NODE_OBJECT ||
+            b->label == NULL || (label && strcmp(b->label, label) != 0)) {
+            if (label)
+                conf_diag_error(&d, &b->key_pos,
+                                "the file must hold exactly one block: %s "
+                                "\"%s\" { ... } (what moatctl %s export "
+                                "writes)",
+                                key, label, key);
+            else
+                conf_diag_error(&d, &b->key_pos,
+                                "the file may hold only %s \"NAME\" { ... } "
+                                "blocks, not \"%s\"",
+                                key, b->key);
+            ok = false;
+        }
+    }
+    if (ok && label && nblk != 1) {
+        conf_diag_error(&d, &whole,
+                        "the file must hold exactly one block: %s \"%s\" "
+                        "{ ... }",
+                        key, label);
         ok = false;
     }
     conf_tree_free(&it);
@@ -895,37 +913,61 @@ bool conf_import_hat(const char *conf_path, const char *listener,
     }
     if (ok)
         ok = conf_parse_file(&mt, conf_path, &d);
-    const struct conf_node *old = NULL;
-    for (const struct conf_node *n = ok ? mt.root->child : NULL; n; n = n->next)
-        if (strcmp(n->key, "hat") == 0 && n->label &&
-            strcmp(n->label, listener) == 0)
-            old = n;
-    if (old && strcmp(old->key_pos.file, conf_path) != 0) {
-        conf_diag_error(&d, &old->key_pos,
-                        "hat \"%s\" is defined in an included file; import "
-                        "it there by hand, or move it to %s",
-                        listener, conf_path);
-        ok = false;
+    /* The blocks replaced, in file order: [start, end) each. */
+    size_t nold = 0, cap = 0;
+    size_t(*spans)[2] = NULL;
+    for (const struct conf_node *n = ok ? mt.root->child : NULL; n && ok;
+         n = n->next) {
+        if (strcmp(n->key, key) != 0 || n->label == NULL ||
+            (label && strcmp(n->label, label) != 0))
+            continue;
+        if (strcmp(n->key_pos.file, conf_path) != 0) {
+            conf_diag_error(&d, &n->key_pos,
+                            "%s \"%s\" is defined in an included file; "
+                            "import it there by hand, or move it to %s",
+                            key, n->label, conf_path);
+            ok = false;
+            break;
+        }
+        spans = xgrow(spans, &cap, nold + 1, sizeof(*spans));
+        spans[nold][0] =
+            offset_of(mtext, mlen, n->key_pos.line, n->key_pos.col);
+        spans[nold][1] = block_end(conf_path, mtext, mlen, spans[nold][0], &d);
+        nold++;
     }
     if (ok) {
         buf_reset(out);
-        if (old) {
-            size_t start =
-                offset_of(mtext, mlen, old->key_pos.line, old->key_pos.col);
-            size_t end = block_end(conf_path, mtext, mlen, start, &d);
-            buf_append(out, mtext, start);
-            buf_append(out, itext, ilen);
-            buf_append(out, mtext + end, mlen - end);
-        } else {
+        size_t at = 0;
+        for (size_t k = 0; k < nold; k++) {
+            buf_append(out, mtext + at, spans[k][0] - at);
+            if (k == 0)
+                buf_append(out, itext, ilen);
+            at = spans[k][1];
+            /* A removed block's line end goes with it. */
+            if (k > 0 && at < mlen && mtext[at] == '\n')
+                at++;
+        }
+        if (nold == 0) {
             buf_append(out, mtext, mlen);
             if (mlen && mtext[mlen - 1] != '\n')
                 buf_putc(out, '\n');
             buf_putc(out, '\n');
             buf_append(out, itext, ilen);
+        } else {
+            buf_append(out, mtext + at, mlen - at);
         }
     }
+    free(spans);
     conf_tree_free(&mt);
     free(mtext);
     free(itext);
     return ok && d.count == 0;
+}
+
+bool conf_import_hat(const char *conf_path, const char *listener,
+                     const char *import_path, struct buf *out,
+                     struct conf_errors *errs)
+{
+    return conf_import_blocks(conf_path, "hat", listener, import_path, out,
+                              errs);
 }

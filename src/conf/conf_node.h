@@ -180,6 +180,8 @@ extern const struct conf_table conf_table_resolver;
 extern const struct conf_table conf_table_route;
 extern const struct conf_table conf_table_dest;
 extern const struct conf_table conf_table_profile;
+/* "TLSv1" ... "TLSv1.3": tls_min_protocol values (index = enum value). */
+extern const char *const conf_tls_protocols[];
 
 /* Every table, for documentation and tests. */
 const struct conf_table *const *conf_key_tables(size_t *count);

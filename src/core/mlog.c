@@ -419,6 +419,66 @@ void mlog_dcid_close(uint64_t dcid)
     info("DCID %llu close", (unsigned long long)dcid);
 }
 
+void mlog_tls_client_time(double seconds)
+{
+    info("TLS processing time client side: %.9f", seconds);
+}
+
+void mlog_dcid_tls_success(uint64_t dcid, const char *proto,
+                           const char *cipher, const char *domain)
+{
+    info("DCID %llu TLS success protocol %s cipher %s for %s",
+         (unsigned long long)dcid, proto, cipher, domain);
+}
+
+void mlog_dcid_tls_failed(uint64_t dcid, const char *why)
+{
+    struct buf b = {0};
+    info("DCID %llu TLS failed: %s", (unsigned long long)dcid,
+         esc(&b, why, strlen(why), 0));
+    buf_free(&b);
+}
+
+void mlog_dcid_tls_required(uint64_t dcid, const char *ip)
+{
+    info("DCID %llu IP %s TLS was required but could not be successfully "
+         "negotiated",
+         (unsigned long long)dcid, ip);
+}
+
+void mlog_dcid_dane_success(uint64_t dcid, const char *host, int usage)
+{
+    info("DCID %llu DANE success for %s: %s record matched",
+         (unsigned long long)dcid, host,
+         usage == 3 ? "DANE-EE" : usage == 2 ? "DANE-TA" : "TLSA");
+}
+
+void mlog_dane_failed(const char *host, const char *ip, const char *why)
+{
+    struct buf b = {0};
+    info("DANE failed for %s (%s): %s", host, ip,
+         esc(&b, why, strlen(why), 0));
+    buf_free(&b);
+}
+
+void mlog_dane_unused(const char *domain, const char *host, const char *why)
+{
+    struct buf b = {0};
+    info("DANE not used for %s (%s): %s; TLS as configured", domain, host,
+         esc(&b, why, strlen(why), 0));
+    buf_free(&b);
+}
+
+void mlog_dcid_tls_unverified(uint64_t dcid, const char *domain,
+                              const char *why)
+{
+    struct buf b = {0};
+    info("DCID %llu TLS certificate not verified for %s: %s; delivering "
+         "encrypted",
+         (unsigned long long)dcid, domain, esc(&b, why, strlen(why), 0));
+    buf_free(&b);
+}
+
 void mlog_dcid_delivery_start(uint64_t dcid, uint64_t mid, const unsigned *rids,
                               size_t n)
 {

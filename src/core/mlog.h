@@ -90,6 +90,24 @@ void mlog_mid_aborted(uint64_t mid);
 void mlog_dcid_new(uint64_t dcid, const char *iface_ip, const char *addr,
                    unsigned port);
 void mlog_dcid_close(uint64_t dcid);
+/* Outbound STARTTLS: "TLS processing time client side: 0.012345678",
+ * "DCID d TLS success protocol P cipher C for DOMAIN", "DCID d TLS
+ * failed: why", "DCID d IP ip TLS was required but could not be
+ * successfully negotiated", and the Preferred (Verify) note "DCID d TLS
+ * certificate not verified for DOMAIN: why; delivering encrypted". */
+void mlog_tls_client_time(double seconds);
+void mlog_dcid_tls_success(uint64_t dcid, const char *proto,
+                           const char *cipher, const char *domain);
+void mlog_dcid_tls_failed(uint64_t dcid, const char *why);
+void mlog_dcid_tls_required(uint64_t dcid, const char *ip);
+void mlog_dcid_tls_unverified(uint64_t dcid, const char *domain,
+                              const char *why);
+/* DANE: "DCID d DANE success for HOST: DANE-EE record matched", "DANE
+ * failed for HOST (IP): why" (no connection made), "DANE not used for
+ * DOMAIN (HOST): why; TLS as configured" (opportunistic). */
+void mlog_dcid_dane_success(uint64_t dcid, const char *host, int usage);
+void mlog_dane_failed(const char *host, const char *ip, const char *why);
+void mlog_dane_unused(const char *domain, const char *host, const char *why);
 void mlog_dcid_delivery_start(uint64_t dcid, uint64_t mid,
                               const unsigned *rids, size_t n);
 void mlog_dcid_message_done(uint64_t dcid, uint64_t mid,

@@ -54,6 +54,7 @@ struct host {
     struct in6_addr v6[8];
     bool temp, hard; /* an address lookup failed */
     int answered;    /* A and AAAA answers in */
+    bool secure4, secure6; /* the A / AAAA answer validated */
 };
 
 struct target {
@@ -63,6 +64,7 @@ struct target {
     bool literal;    /* an IP address from a route */
     bool implicit;   /* no MX: the name itself is the host */
     bool temp, hard; /* its MX lookup failed (route hosts) */
+    bool mx_secure;  /* the MX answer (or NODATA) validated */
     size_t nhosts;
     struct host hosts[MAX_MX];
 };
@@ -100,9 +102,9 @@ static bool is_loopback(const char *addr)
     return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "::1", 3) == 0;
 }
 
-struct resolver *resolver_new(struct event_base *base,
-                              const struct conf_resolver *rc, char *err,
-                              size_t errlen)
+static struct resolver *resolver_make(struct event_base *base,
+                                      const struct conf_resolver *rc,
+                                      bool dnssec, char *err, size_t errlen)
 {
     /* Equal MX preferences and route priorities are shuffled with
      * random(): seed it, so gateways do not all pick the same host. */
@@ -159,6 +161,32 @@ struct resolver *resolver_new(struct event_base *base,
         rc2 = ub_ctx_set_option(r->ub, "do-not-query-localhost:", "no");
         what = "do-not-query-localhost";
     }
+    size_t anchors = 0;
+    if (dnssec && rc2 == 0 && rc->trust_anchor_file &&
+        rc->trust_anchor_file[0]) {
+        what = rc->trust_anchor_file;
+        if (access(rc->trust_anchor_file, R_OK) != 0) {
+            str_printf(err, errlen, "resolver: trust_anchor_file %s: %s",
+                       rc->trust_anchor_file, strerror(errno));
+            ub_ctx_delete(r->ub);
+            free(r);
+            return NULL;
+        }
+        rc2 = ub_ctx_add_ta_file(r->ub, rc->trust_anchor_file);
+        anchors++;
+    }
+    for (size_t i = 0; dnssec && rc2 == 0 && i < rc->ntrust_anchors; i++) {
+        what = rc->trust_anchors[i];
+        rc2 = ub_ctx_add_ta(r->ub, rc->trust_anchors[i]);
+        anchors++;
+    }
+    if (dnssec && rc2 == 0 && anchors == 0) {
+        str_printf(err, errlen, "resolver: no DNSSEC trust anchor "
+                                "(trust_anchor_file, trust_anchors)");
+        ub_ctx_delete(r->ub);
+        free(r);
+        return NULL;
+    }
     if (rc2 != 0) {
         str_printf(err, errlen, "resolver: %s: %s", what, ub_strerror(rc2));
         ub_ctx_delete(r->ub);
@@ -166,6 +194,20 @@ struct resolver *resolver_new(struct event_base *base,
         return NULL;
     }
     return r;
+}
+
+struct resolver *resolver_new(struct event_base *base,
+                              const struct conf_resolver *rc, char *err,
+                              size_t errlen)
+{
+    return resolver_make(base, rc, false, err, errlen);
+}
+
+struct resolver *resolver_new_dnssec(struct event_base *base,
+                                     const struct conf_resolver *rc, char *err,
+                                     size_t errlen)
+{
+    return resolver_make(base, rc, true, err, errlen);
 }
 
 void resolver_free(struct resolver *r)
@@ -212,7 +254,7 @@ static int host_cmp(const void *x, const void *y)
 }
 
 static void add_addr(struct nexthop *nh, const struct host *h, int family,
-                     const void *bin)
+                     const void *bin, bool dnssec)
 {
     if (nh->naddrs >= NEXTHOP_MAX_ADDRS)
         return;
@@ -238,22 +280,24 @@ static void add_addr(struct nexthop *nh, const struct host *h, int family,
     inet_ntop(family, bin, a->ip, sizeof(a->ip));
     str_copy(a->host, sizeof(a->host), h->name);
     a->port = h->port;
+    a->dnssec = dnssec;
     nh->naddrs++;
 }
 
-static void host_addrs(struct nexthop *nh, const struct host *h, int pref)
+static void host_addrs(struct nexthop *nh, const struct host *h, int pref,
+                       bool mx_secure)
 {
     bool v6 = pref != IPPREF_V4_ONLY, v4 = pref != IPPREF_V6_ONLY;
     bool v6_first = pref == IPPREF_V6_PREFERRED || pref == IPPREF_V6_ONLY;
     if (v6 && v6_first)
         for (size_t i = 0; i < h->n6; i++)
-            add_addr(nh, h, AF_INET6, &h->v6[i]);
+            add_addr(nh, h, AF_INET6, &h->v6[i], mx_secure && h->secure6);
     if (v4)
         for (size_t i = 0; i < h->n4; i++)
-            add_addr(nh, h, AF_INET, &h->v4[i]);
+            add_addr(nh, h, AF_INET, &h->v4[i], mx_secure && h->secure4);
     if (v6 && !v6_first)
         for (size_t i = 0; i < h->n6; i++)
-            add_addr(nh, h, AF_INET6, &h->v6[i]);
+            add_addr(nh, h, AF_INET6, &h->v6[i], mx_secure && h->secure6);
 }
 
 /* Build the address list once every lookup is in. */
@@ -274,7 +318,8 @@ static void build_result(struct resolve_req *q)
             }
         }
         for (size_t h = 0; h < tg->nhosts; h++) {
-            host_addrs(nh, &tg->hosts[h], q->ip_pref);
+            host_addrs(nh, &tg->hosts[h], q->ip_pref,
+                       tg->mx_secure && !q->is_route);
             temp |= tg->hosts[h].temp;
         }
         temp |= tg->temp;
@@ -480,7 +525,6 @@ static void on_answer(void *arg, int rcode, void *pkt, int len, int sec,
 {
     struct query *qq = arg;
     struct resolve_req *q = qq->q;
-    (void)sec;
     (void)why_bogus;
     (void)ratelimited;
     q->pending--;
@@ -519,8 +563,10 @@ static void on_answer(void *arg, int rcode, void *pkt, int len, int sec,
             set_fail(q, NH_HARD, tg->name, qtype, "NXDomain", "5.1.2");
         else if (rcode != 0 || pkt == NULL)
             set_fail(q, NH_TEMP, tg->name, qtype, "ServFail", "4.4.3");
-        else
+        else {
+            tg->mx_secure = sec == 2;
             got_mx(q, qq->t, pkt, (size_t)len);
+        }
     } else {
         struct host *h = &tg->hosts[qq->h];
         h->answered++;
@@ -536,6 +582,10 @@ static void on_answer(void *arg, int rcode, void *pkt, int len, int sec,
             if (dns_wire_parse(pkt, (size_t)len, NULL, take_addr, &acc, err,
                                sizeof(err)) != 0)
                 h->temp = true;
+            else if (qq->type == DNS_T_A)
+                h->secure4 = sec == 2;
+            else
+                h->secure6 = sec == 2;
         }
     }
     free(qq);
@@ -702,6 +752,16 @@ static bool take_record(void *arg, const struct dns_rr *rr)
              res->nnames < DNSL_MAX_NAMES &&
              strlen(rr->u.name) < sizeof(res->names[0]))
         str_copy(res->names[res->nnames++], sizeof(res->names[0]), rr->u.name);
+    else if (rr->type == DNS_T_TLSA && res->ntlsa < DNSL_MAX_TLSA) {
+        struct dnsl_tlsa *t = &res->tlsa[res->ntlsa++];
+        t->usage = rr->u.tlsa.usage;
+        t->selector = rr->u.tlsa.selector;
+        t->mtype = rr->u.tlsa.mtype;
+        t->too_long = rr->u.tlsa.len > sizeof(t->data);
+        t->len = t->too_long ? 0 : (uint16_t)rr->u.tlsa.len;
+        if (t->len)
+            memcpy(t->data, rr->u.tlsa.data, t->len);
+    }
     return true;
 }
 
@@ -709,8 +769,6 @@ static void lookup_answer(void *arg, int rcode, void *pkt, int len, int sec,
                           char *why_bogus, int ratelimited)
 {
     struct dns_lookup *l = arg;
-    (void)sec;
-    (void)why_bogus;
     (void)ratelimited;
     l->in_flight = false;
     if (l->finished) {
@@ -734,6 +792,15 @@ static void lookup_answer(void *arg, int rcode, void *pkt, int len, int sec,
         res->status = DNSL_TEMP;
     } else {
         res->status = res->nrecords ? DNSL_OK : DNSL_NODATA;
+    }
+    res->secure = sec == 2 && res->status != DNSL_TEMP;
+    if (sec == 1) {
+        /* Bogus: whatever came back is not to be used. */
+        memset(res, 0, sizeof(*res));
+        res->status = DNSL_TEMP;
+        res->bogus = true;
+        str_copy(res->why_bogus, sizeof(res->why_bogus),
+                 why_bogus ? why_bogus : "validation failed");
     }
     lookup_finish(l);
 }

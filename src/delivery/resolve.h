@@ -41,6 +41,9 @@ struct nexthop_addr {
     char ip[INET6_ADDRSTRLEN];
     char host[NEXTHOP_HOST_MAX]; /* MX host (or route host) it belongs to */
     uint16_t port;
+    bool dnssec; /* a validating resolver found the MX RRset (or its
+                    absence) and this address record secure (RFC 7672
+                    2.2: DANE applies); never for route hosts */
 };
 
 struct nexthop {
@@ -62,6 +65,12 @@ typedef void (*resolve_cb)(void *arg, const struct nexthop *nh);
 struct resolver *resolver_new(struct event_base *base,
                               const struct conf_resolver *rc, char *err,
                               size_t errlen);
+/* The same, validating DNSSEC with the configured trust anchors (for
+ * DANE destinations: their MX, address and TLSA lookups). NULL with a
+ * reason, e.g. when no trust anchor is configured or readable. */
+struct resolver *resolver_new_dnssec(struct event_base *base,
+                                     const struct conf_resolver *rc, char *err,
+                                     size_t errlen);
 void resolver_free(struct resolver *r);
 
 /* Resolve where mail for `domain` goes (route may be NULL or USEDNS).
@@ -84,6 +93,17 @@ enum dnsl_status {
 
 #define DNSL_MAX_NAMES 4
 #define DNSL_MAX_ADDRS 16
+#define DNSL_MAX_TLSA 8
+#define DNSL_TLSA_DATA_MAX 512
+
+/* A TLSA record (RFC 6698); data longer than DNSL_TLSA_DATA_MAX is not
+ * kept (len 0, too_long). */
+struct dnsl_tlsa {
+    uint8_t usage, selector, mtype;
+    bool too_long;
+    uint16_t len;
+    uint8_t data[DNSL_TLSA_DATA_MAX];
+};
 
 struct dnsl_result {
     enum dnsl_status status;
@@ -93,6 +113,11 @@ struct dnsl_result {
     struct in_addr v4[DNSL_MAX_ADDRS];
     struct in6_addr v6[DNSL_MAX_ADDRS];
     size_t nrecords;                          /* of the type, in all */
+    size_t ntlsa;                             /* TLSA */
+    struct dnsl_tlsa tlsa[DNSL_MAX_TLSA];
+    bool secure;   /* DNSSEC-validated (answer or denial) */
+    bool bogus;    /* validation failed (status is DNSL_TEMP) */
+    char why_bogus[160];
 };
 
 struct dns_lookup;

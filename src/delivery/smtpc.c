@@ -23,7 +23,12 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <time.h>
 
 #define CONTENT_CHUNK 65536u
 #define QUIT_WAIT 5 /* seconds smtpc_quit waits for the 221 */
@@ -33,13 +38,16 @@ enum state {
     ST_GREETING,
     ST_EHLO,
     ST_HELO,
+    ST_STARTTLS, /* waiting for the reply to STARTTLS */
+    ST_HANDSHAKE, /* TLS handshake under way */
     ST_READY,
     ST_TXN,     /* MAIL/RCPT/DATA replies outstanding */
     ST_CONTENT, /* streaming the message */
     ST_DOT,     /* waiting for the reply to the final dot */
     ST_RSET,    /* waiting for the reply to RSET, then txn_done */
     ST_QUIT,
-    ST_GREET_QUIT, /* greeting refused; QUIT sent, reply awaited */
+    ST_FAIL_QUIT, /* greeting refused or TLS not achieved; QUIT sent, its
+                     reply awaited before the failure is reported */
 };
 
 /* What a reply in the pipeline answers. */
@@ -75,7 +83,15 @@ struct smtpc {
     enum smtpc_fail pending_fail;
     bool *alive; /* cleared by smtpc_free (see on_read) */
     bool quitting; /* smtpc_quit was called */
-    struct smtpc_reply greet; /* a refusing greeting, reported after QUIT */
+    struct smtpc_reply greet; /* a refusing reply, reported after QUIT */
+    enum smtpc_fail quit_fail; /* ... as this failure */
+    struct smtpc_tls_info tls;
+    struct timespec tls_start;
+    char *tls_names[SMTPC_TLS_NAMES_MAX];
+    char *tls_sni;
+    struct smtpc_tlsa *tlsa; /* copies, data included */
+    size_t ntlsa;
+    char *dane_name;
 };
 
 const char *smtpc_fail_name(enum smtpc_fail f)
@@ -90,6 +106,7 @@ const char *smtpc_fail_name(enum smtpc_fail f)
         [SMTPC_GREETING] = "greeting refused",
         [SMTPC_HELO] = "EHLO/HELO refused",
         [SMTPC_SHUTDOWN] = "421 from server",
+        [SMTPC_TLS] = "TLS error",
     };
     return f < ARRAY_LEN(names) ? names[f] : "?";
 }
@@ -189,6 +206,10 @@ static void result_reset(struct smtpc *c)
     free(c->res.rcpt);
     memset(&c->res, 0, sizeof(c->res));
 }
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
 
 /* Report a failure: to txn_done inside a transaction, else failed().
  * The owner may free c inside; the caller must return at once. */
@@ -368,6 +389,234 @@ static void txn_reply(struct smtpc *c, const struct smtpc_reply *r)
     }
 }
 
+/* Say QUIT and report failure f (with reply r) once it is answered or
+ * the server closes: RFC 5321 3.1 after a refusing greeting, and the
+ * polite end when TLS was required and not achieved. */
+static void fail_after_quit(struct smtpc *c, enum smtpc_fail f,
+                            const struct smtpc_reply *r)
+{
+    static const struct smtpc_reply none;
+    c->greet = r ? *r : none;
+    c->quit_fail = f;
+    c->state = ST_FAIL_QUIT;
+    send_line(c, "QUIT");
+    set_read_timeout(c, QUIT_WAIT);
+}
+
+/* ---- STARTTLS (RFC 3207) ---- */
+
+static bool tls_required(const struct smtpc *c)
+{
+    return c->ntlsa > 0 || c->cfg.tls_mode == SMTPC_TLS_REQUIRED ||
+           c->cfg.tls_mode == SMTPC_TLS_REQUIRED_VERIFY ||
+           c->cfg.tls_mode == SMTPC_TLS_REQUIRED_VERIFY_HOSTED;
+}
+
+static bool tls_verify_mode(const struct smtpc *c)
+{
+    return c->cfg.tls_mode == SMTPC_TLS_PREFERRED_VERIFY ||
+           c->cfg.tls_mode == SMTPC_TLS_REQUIRED_VERIFY ||
+           c->cfg.tls_mode == SMTPC_TLS_REQUIRED_VERIFY_HOSTED;
+}
+
+/* An OpenSSL error as text (e, or the newest queued); the queue is
+ * cleared. */
+static void tls_err_text(char *buf, size_t len, unsigned long e)
+{
+    if (e == 0)
+        e = ERR_peek_last_error();
+    if (e)
+        ERR_error_string_n(e, buf, len);
+    else
+        buf[0] = '\0';
+    ERR_clear_error();
+}
+
+/* EHLO (or HELO) was accepted: STARTTLS if the mode asks for it. False
+ * when the session goes on without (ready in plaintext). */
+static bool tls_begin(struct smtpc *c)
+{
+    if ((c->cfg.tls_mode == SMTPC_TLS_NO && c->ntlsa == 0) ||
+        c->cfg.tls_ctx == NULL || c->tls.active)
+        return false;
+    c->tls.offered = (c->caps & SMTPC_CAP_STARTTLS) != 0;
+    if (!c->tls.offered) {
+        if (!tls_required(c))
+            return false;
+        str_copy(c->tls.error, sizeof(c->tls.error),
+                 c->state == ST_HELO ? "EHLO refused, so no STARTTLS"
+                                     : "STARTTLS not offered");
+        fail_after_quit(c, SMTPC_TLS, NULL);
+        return true;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &c->tls_start);
+    c->state = ST_STARTTLS;
+    send_line(c, "STARTTLS");
+    set_read_timeout(c, c->cfg.command_timeout);
+    return true;
+}
+
+/* 220 to STARTTLS: the handshake, through a filter over the socket. */
+static void tls_handshake(struct smtpc *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (evbuffer_get_length(in) > 0) {
+        /* Plaintext behind the 220 would be read as the TLS session's
+         * first bytes (the server-side form of STARTTLS injection). */
+        str_copy(c->tls.error, sizeof(c->tls.error),
+                 "the server sent data after its 220 reply to STARTTLS");
+        fail(c, SMTPC_TLS, NULL);
+        return;
+    }
+    SSL *ssl = SSL_new(c->cfg.tls_ctx);
+    bool ok = ssl != NULL;
+    if (ok && c->tls_sni)
+        ok = SSL_set_tlsext_host_name(ssl, c->tls_sni) == 1;
+    if (ok && tls_verify_mode(c)) {
+        /* The names the certificate may carry: subjectAltName dNSName
+         * entries, or the subject CN when it has none (OpenSSL's rule);
+         * a wildcard only as a whole left-most label. */
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        for (size_t i = 0; ok && i < SMTPC_TLS_NAMES_MAX && c->tls_names[i];
+             i++)
+            ok = (i == 0 ? SSL_set1_host(ssl, c->tls_names[i])
+                         : SSL_add1_host(ssl, c->tls_names[i])) == 1;
+    }
+    if (ok && c->ntlsa > 0) {
+        /* RFC 7672: DANE-EE matches the key or certificate alone, names
+         * and dates aside; DANE-TA needs a chain naming the MX host. */
+        ok = SSL_dane_enable(ssl, c->dane_name) > 0;
+        if (ok)
+            SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+        int usable = 0;
+        for (size_t i = 0; ok && i < c->ntlsa; i++) {
+            const struct smtpc_tlsa *t = &c->tlsa[i];
+            if (SSL_dane_tlsa_add(ssl, t->usage, t->selector, t->mtype,
+                                  t->data, t->len) > 0)
+                usable++;
+        }
+        ERR_clear_error(); /* a malformed record is only not usable */
+        if (ok && usable == 0) {
+            str_copy(c->tls.error, sizeof(c->tls.error),
+                     "DANE: no usable TLSA record");
+            SSL_free(ssl);
+            fail(c, SMTPC_TLS, NULL);
+            return;
+        }
+    }
+    /* The handshake never stops on the certificate: the mode decides
+     * what a failed check means once it is done (tls_established). */
+    if (ok)
+        SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+    struct bufferevent *tb = NULL;
+    if (ok) {
+        bufferevent_set_timeouts(c->bev, NULL, NULL);
+        tb = bufferevent_openssl_filter_new(c->base, c->bev, ssl,
+                                            BUFFEREVENT_SSL_CONNECTING,
+                                            BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (tb == NULL) {
+        char e[200];
+        tls_err_text(e, sizeof(e), 0);
+        str_printf(c->tls.error, sizeof(c->tls.error),
+                   "cannot start TLS: %s", e[0] ? e : "out of memory");
+        SSL_free(ssl);
+        fail(c, SMTPC_TLS, NULL);
+        return;
+    }
+    /* Servers that close without close_notify after QUIT are normal. */
+    bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
+    c->bev = tb;
+    bufferevent_setcb(tb, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(tb, EV_WRITE, CONTENT_CHUNK / 2, 0);
+    c->state = ST_HANDSHAKE;
+    set_read_timeout(c, c->cfg.command_timeout);
+    bufferevent_enable(tb, EV_READ | EV_WRITE);
+}
+
+/* The handshake is done: check the certificate as the mode asks, then a
+ * fresh EHLO inside TLS (RFC 3207 4.2: forget what the server said). */
+static void tls_established(struct smtpc *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    c->tls.seconds = (double)(now.tv_sec - c->tls_start.tv_sec) +
+                     (double)(now.tv_nsec - c->tls_start.tv_nsec) / 1e9;
+    c->tls.active = true;
+    str_copy(c->tls.protocol, sizeof(c->tls.protocol), SSL_get_version(ssl));
+    str_copy(c->tls.cipher, sizeof(c->tls.cipher), SSL_get_cipher_name(ssl));
+    c->tls.dane_usage = -1;
+    if (c->ntlsa > 0) {
+        c->tls.checked = true;
+        c->tls.dane = true;
+        long vr = SSL_get_verify_result(ssl);
+        uint8_t usage = 0;
+        if (vr == X509_V_OK &&
+            SSL_get0_dane_tlsa(ssl, &usage, NULL, NULL, NULL, NULL) >= 0) {
+            c->tls.verified = true;
+            c->tls.dane_usage = usage;
+            str_copy(c->tls.peer_name, sizeof(c->tls.peer_name),
+                     c->dane_name);
+        } else {
+            str_printf(c->tls.verify_error, sizeof(c->tls.verify_error),
+                       "%ld:%s", vr,
+                       vr == X509_V_OK ? "no TLSA record matched"
+                                       : X509_verify_cert_error_string(vr));
+            str_printf(c->tls.error, sizeof(c->tls.error),
+                       "DANE verification failed: %s", c->tls.verify_error);
+            fail_after_quit(c, SMTPC_TLS, NULL);
+            return;
+        }
+    } else if (tls_verify_mode(c)) {
+        c->tls.checked = true;
+        long vr = SSL_get_verify_result(ssl);
+        if (SSL_get0_peer_certificate(ssl) == NULL)
+            str_copy(c->tls.verify_error, sizeof(c->tls.verify_error),
+                     "no certificate from server");
+        else if (vr != X509_V_OK)
+            str_printf(c->tls.verify_error, sizeof(c->tls.verify_error),
+                       "%ld:%s", vr, X509_verify_cert_error_string(vr));
+        else if (c->tls_names[0] == NULL)
+            str_copy(c->tls.verify_error, sizeof(c->tls.verify_error),
+                     "no name to check the certificate against");
+        else {
+            c->tls.verified = true;
+            const char *pn = SSL_get0_peername(ssl);
+            str_copy(c->tls.peer_name, sizeof(c->tls.peer_name),
+                     pn ? pn : "");
+        }
+        if (!c->tls.verified && tls_required(c)) {
+            str_printf(c->tls.error, sizeof(c->tls.error),
+                       "verify error: %s", c->tls.verify_error);
+            fail_after_quit(c, SMTPC_TLS, NULL);
+            return;
+        }
+    }
+    c->caps = 0;
+    c->max_size = 0;
+    c->state = ST_EHLO;
+    send_line(c, "EHLO %s", c->helo);
+    set_read_timeout(c, c->cfg.command_timeout);
+}
+
+/* The handshake failed, timed out or the server left during it. */
+static void tls_handshake_failed(struct smtpc *c, short what)
+{
+    char e[200];
+    tls_err_text(e, sizeof(e), bufferevent_get_openssl_error(c->bev));
+    if (e[0])
+        str_printf(c->tls.error, sizeof(c->tls.error),
+                   "TLS handshake failed: %s", e);
+    else if (what & BEV_EVENT_TIMEOUT)
+        str_copy(c->tls.error, sizeof(c->tls.error),
+                 "TLS handshake timed out");
+    else
+        str_copy(c->tls.error, sizeof(c->tls.error),
+                 "connection closed during the TLS handshake");
+    fail(c, SMTPC_TLS, NULL);
+}
+
 /* The QUIT exchange is over (or gave up): tell the owner, free. */
 static void quit_done(struct smtpc *c)
 {
@@ -380,7 +629,7 @@ static void quit_done(struct smtpc *c)
  * callback, so every path that calls one returns right after. */
 static void on_reply(struct smtpc *c, const struct smtpc_reply *r)
 {
-    if (r->code == 421 && c->state != ST_QUIT && c->state != ST_GREET_QUIT) {
+    if (r->code == 421 && c->state != ST_QUIT && c->state != ST_FAIL_QUIT) {
         /* The server is going away: whatever we asked, it is over. The
          * reply answers the oldest command outstanding. */
         if (c->state == ST_TXN) {
@@ -405,10 +654,7 @@ static void on_reply(struct smtpc *c, const struct smtpc_reply *r)
             }
             /* RFC 5321 3.1: a 554 greeting waits for our QUIT. Report
              * the refusal once that is answered (or the server closes). */
-            c->greet = *r;
-            c->state = ST_GREET_QUIT;
-            send_line(c, "QUIT");
-            set_read_timeout(c, QUIT_WAIT);
+            fail_after_quit(c, SMTPC_GREETING, r);
             return;
         }
         c->state = ST_EHLO;
@@ -455,8 +701,24 @@ static void on_reply(struct smtpc *c, const struct smtpc_reply *r)
     case ST_QUIT:
         quit_done(c);
         return;
-    case ST_GREET_QUIT:
-        fail(c, SMTPC_GREETING, &c->greet);
+    case ST_FAIL_QUIT:
+        fail(c, c->quit_fail, &c->greet);
+        return;
+    case ST_STARTTLS:
+        if (r->code == 220) {
+            tls_handshake(c);
+            return;
+        }
+        str_printf(c->tls.error, sizeof(c->tls.error),
+                   "STARTTLS unexpected response: %d%s%s %s", r->code,
+                   r->enh[0] ? " " : "", r->enh, r->text);
+        if (tls_required(c)) {
+            fail_after_quit(c, SMTPC_TLS, r);
+            return;
+        }
+        break; /* preferred: the session goes on in plaintext */
+    case ST_HANDSHAKE:
+        fail(c, SMTPC_PROTOCOL, r); /* cannot happen: the filter reads */
         return;
     case ST_READY:
     case ST_CONNECTING:
@@ -465,7 +727,9 @@ static void on_reply(struct smtpc *c, const struct smtpc_reply *r)
         fail(c, SMTPC_PROTOCOL, r);
         return;
     }
-    /* EHLO or HELO accepted. */
+    /* EHLO or HELO accepted (or STARTTLS refused in a preferred mode). */
+    if (c->state != ST_STARTTLS && tls_begin(c))
+        return;
     c->state = ST_READY;
     set_read_timeout(c, 0);
     c->cb.ready(c->arg, c);
@@ -578,6 +842,11 @@ static void on_read(struct bufferevent *bev, void *arg)
         free(line);
         if (!alive)
             return;
+        if (bev != c->bev) {
+            /* STARTTLS: the TLS filter reads the socket from now on. */
+            c->alive = NULL;
+            return;
+        }
         if (c->state == ST_QUIT && !bufferevent_get_enabled(c->bev)) {
             c->alive = NULL; /* failed; the owner frees it later */
             return;
@@ -613,7 +882,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct smtpc *c = arg;
     (void)bev;
-    if (what & BEV_EVENT_CONNECTED) {
+    if ((what & BEV_EVENT_CONNECTED) && c->state != ST_HANDSHAKE) {
         if (c->quitting)
             return; /* smtpc_quit while connecting: the timer closes it */
         note_local(c);
@@ -627,8 +896,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         quit_done(c);
         return;
     }
-    if (c->state == ST_GREET_QUIT) {
-        fail(c, SMTPC_GREETING, &c->greet); /* closed or timed out after QUIT */
+    if (c->state == ST_FAIL_QUIT) {
+        fail(c, c->quit_fail, &c->greet); /* closed or timed out after QUIT */
+        return;
+    }
+    if (c->state == ST_HANDSHAKE) {
+        if (what & BEV_EVENT_CONNECTED)
+            tls_established(c);
+        else
+            tls_handshake_failed(c, what);
         return;
     }
     enum smtpc_fail f = SMTPC_NETWORK;
@@ -670,6 +946,28 @@ struct smtpc *smtpc_connect(struct event_base *base,
     c->cfg = *cfg;
     c->helo = xstrdup(cfg->helo);
     c->cfg.helo = c->helo;
+    if (cfg->tls_sni)
+        c->tls_sni = xstrdup(cfg->tls_sni);
+    for (size_t i = 0; i < cfg->tls_nnames && i < SMTPC_TLS_NAMES_MAX; i++)
+        c->tls_names[i] = xstrdup(cfg->tls_names[i]);
+    c->cfg.tls_sni = NULL;
+    c->cfg.tls_nnames = 0;
+    if (cfg->ntlsa && cfg->dane_name) {
+        size_t n = cfg->ntlsa < SMTPC_TLSA_MAX ? cfg->ntlsa : SMTPC_TLSA_MAX;
+        c->tlsa = xcalloc(n, sizeof(*c->tlsa));
+        for (size_t i = 0; i < n; i++) {
+            c->tlsa[i] = cfg->tlsa[i];
+            uint8_t *d = xmalloc(cfg->tlsa[i].len + 1);
+            memcpy(d, cfg->tlsa[i].data, cfg->tlsa[i].len);
+            c->tlsa[i].data = d;
+        }
+        c->ntlsa = n;
+        c->dane_name = xstrdup(cfg->dane_name);
+    }
+    c->cfg.ntlsa = 0;
+    c->cfg.tlsa = NULL;
+    c->cfg.dane_name = NULL;
+    c->tls.required = c->cfg.tls_ctx && tls_required(c);
     c->cb = *cb;
     c->arg = arg;
     c->state = ST_CONNECTING;
@@ -749,6 +1047,13 @@ void smtpc_free(struct smtpc *c)
         event_free(c->notify);
     free(c->res.rcpt);
     free(c->helo);
+    free(c->tls_sni);
+    for (size_t i = 0; i < SMTPC_TLS_NAMES_MAX; i++)
+        free(c->tls_names[i]);
+    for (size_t i = 0; i < c->ntlsa; i++)
+        free((void *)c->tlsa[i].data);
+    free(c->tlsa);
+    free(c->dane_name);
     free(c);
 }
 
@@ -765,4 +1070,22 @@ uint64_t smtpc_max_size(const struct smtpc *c)
 const char *smtpc_local_ip(const struct smtpc *c)
 {
     return c->local_ip;
+}
+
+const struct smtpc_tls_info *smtpc_tls(const struct smtpc *c)
+{
+    return &c->tls;
+}
+
+const char *smtpc_tls_mode_name(enum smtpc_tls_mode m)
+{
+    static const char *const names[] = {
+        [SMTPC_TLS_NO] = "No",
+        [SMTPC_TLS_PREFERRED] = "Preferred",
+        [SMTPC_TLS_REQUIRED] = "Required",
+        [SMTPC_TLS_PREFERRED_VERIFY] = "Preferred - Verify",
+        [SMTPC_TLS_REQUIRED_VERIFY] = "Required - Verify",
+        [SMTPC_TLS_REQUIRED_VERIFY_HOSTED] = "Required - Verify Hosted Domains",
+    };
+    return (unsigned)m < ARRAY_LEN(names) ? names[m] : "?";
 }

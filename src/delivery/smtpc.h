@@ -14,8 +14,28 @@
  * code's digits: "2**" counts as 220); multi-line replies are bounded; a
  * 421 or a close at any point ends the connection with what is known.
  *
- * The seam for STARTTLS (the TLS issue) is in the EHLO step: the
- * capabilities are parsed and kept (SMTPC_CAP_STARTTLS).
+ * STARTTLS (RFC 3207): when the owner gives a TLS mode and a client
+ * context, the client says STARTTLS after EHLO, runs the handshake
+ * through a libevent OpenSSL filter over the same socket, checks the
+ * server's certificate as the mode asks, and says EHLO again inside TLS
+ * before ready(). What happened (protocol, cipher, verification, time,
+ * or why TLS was not used) is in smtpc_tls(). The six modes are the
+ * appliance's destination-control TLS settings (docs/delivery.md):
+ *   NO                 never STARTTLS
+ *   PREFERRED          plaintext when STARTTLS is not offered or is
+ *                      refused (any reply but 220); after a 220 a failed
+ *                      handshake fails the connection (SMTPC_TLS)
+ *   REQUIRED           TLS or SMTPC_TLS; the certificate is not checked
+ *   PREFERRED_VERIFY   as PREFERRED; the certificate is checked, and a
+ *                      failed check is reported but the session goes on
+ *   REQUIRED_VERIFY    TLS with a certificate that chains to a trusted CA
+ *                      and names one of tls_names, or SMTPC_TLS
+ *   REQUIRED_VERIFY_HOSTED  the same; the owner passes only the hosted
+ *                      (recipient) domain in tls_names
+ * With TLSA records (ntlsa > 0) the mode is DANE: TLS is required and the
+ * certificate must match a record (SMTPC_TLS otherwise).
+ * After a 220 to STARTTLS, bytes the server sent behind it are not taken
+ * as TLS (a server-side injection fails the connection).
  *
  * Threading: loop thread only. Callbacks never run inside a call made by
  * the owner, so the owner may free the connection from any callback.
@@ -30,6 +50,7 @@
 
 struct event_base;
 struct smtpc;
+typedef struct ssl_ctx_st SSL_CTX;
 
 #define SMTPC_TEXT_MAX 1024   /* reply text kept (all lines) */
 #define SMTPC_LINE_MAX 2048   /* longest reply line accepted */
@@ -63,6 +84,46 @@ enum smtpc_fail {
     SMTPC_GREETING,   /* greeting was not 2xx (reply has it) */
     SMTPC_HELO,       /* EHLO and HELO refused (reply has it) */
     SMTPC_SHUTDOWN,   /* 421 from the server (reply has it) */
+    SMTPC_TLS,        /* TLS required or begun and not achieved; see
+                         smtpc_tls()->error (reply: the STARTTLS reply) */
+};
+
+enum smtpc_tls_mode {
+    SMTPC_TLS_NO,
+    SMTPC_TLS_PREFERRED,
+    SMTPC_TLS_REQUIRED,
+    SMTPC_TLS_PREFERRED_VERIFY,
+    SMTPC_TLS_REQUIRED_VERIFY,
+    SMTPC_TLS_REQUIRED_VERIFY_HOSTED,
+};
+
+#define SMTPC_TLS_NAMES_MAX 4
+#define SMTPC_TLSA_MAX 8
+
+/* A usable TLSA record (RFC 7672: usage 2 DANE-TA or 3 DANE-EE). */
+struct smtpc_tlsa {
+    uint8_t usage, selector, mtype;
+    size_t len;
+    const uint8_t *data;
+};
+
+/* What STARTTLS came to on a connection. */
+struct smtpc_tls_info {
+    bool required;         /* the mode (or DANE) required TLS */
+    bool offered;          /* the server offered STARTTLS */
+    bool active;           /* the session is encrypted */
+    bool checked;          /* the certificate was checked (a verify mode
+                              or DANE) */
+    bool dane;             /* checked against TLSA records */
+    int dane_usage;        /* usage of the record that matched, or -1 */
+    bool verified;         /* ... and passed: trusted chain, name matched */
+    char protocol[16];     /* "TLSv1.3" */
+    char cipher[64];       /* "TLS_AES_256_GCM_SHA384" */
+    char peer_name[256];   /* the reference name the certificate matched */
+    char verify_error[160]; /* why the check failed */
+    double seconds;        /* STARTTLS sent to handshake done */
+    char error[256];       /* not active: why (empty when not tried or
+                              not offered in a preferred mode) */
 };
 
 const char *smtpc_fail_name(enum smtpc_fail f);
@@ -74,6 +135,19 @@ struct smtpc_config {
     unsigned command_timeout;
     unsigned data_timeout;
     unsigned data_done_timeout;
+    /* STARTTLS (see above). tls_ctx NULL or mode NO: plaintext. */
+    SSL_CTX *tls_ctx;
+    enum smtpc_tls_mode tls_mode;
+    const char *tls_sni;   /* server name sent (a host name, or NULL) */
+    size_t tls_nnames;     /* reference names for the verify modes */
+    const char *tls_names[SMTPC_TLS_NAMES_MAX];
+    /* DANE (RFC 7672): with TLSA records the session must be TLS and the
+     * certificate must match one of them (DANE-EE: the key or certificate
+     * alone; DANE-TA: a chain to that CA naming dane_name), whatever
+     * tls_mode says; no fallback. */
+    size_t ntlsa;
+    const struct smtpc_tlsa *tlsa;
+    const char *dane_name; /* TLSA base domain: the MX host name */
 };
 
 /* One transaction. Strings must stay valid until its callback. */
@@ -141,6 +215,9 @@ unsigned smtpc_caps(const struct smtpc *c);
 uint64_t smtpc_max_size(const struct smtpc *c);
 /* Our local address, as text ("" before connecting). */
 const char *smtpc_local_ip(const struct smtpc *c);
+/* What STARTTLS came to (valid from ready() or failed() on). */
+const struct smtpc_tls_info *smtpc_tls(const struct smtpc *c);
+const char *smtpc_tls_mode_name(enum smtpc_tls_mode m);
 
 /* Parse one reply line: "ddd" then ' ', '-' or end. Returns the code
  * (200-599) and sets *more for a '-' continuation, or -1. A masked code

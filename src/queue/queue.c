@@ -10,7 +10,10 @@
  * before the job is dropped or put in the retry heap.
  */
 #include "queue/queue_internal.h"
+#include "delivery/dns_wire.h"
+#include "delivery/tls_client.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -19,6 +22,7 @@
 #include <time.h>
 
 #include <event2/event.h>
+#include <openssl/ssl.h>
 
 #define HASH_INIT 64
 /* A connection with nothing to do waits this long for the next job before
@@ -478,6 +482,97 @@ static void dest_fail_ready(struct queue *q, struct dest *d, bool hard,
         d->down_until = hold;
 }
 
+/* ---- destination limits: recipient windows, per-MX-IP slots ---- */
+
+/* Recipients window w may still take now (UINT64_MAX: no limit); *until
+ * is when it ends. An expired window starts afresh. */
+static uint64_t rate_left(const struct conf_dest *dc, struct rate_window *w,
+                          int64_t now, int64_t *until)
+{
+    *until = now;
+    if (!dc->rcpt_limited)
+        return UINT64_MAX;
+    if (w->start == 0 || now >= w->start + (int64_t)dc->recipient_period) {
+        w->start = 0;
+        w->count = 0;
+        *until = now + dc->recipient_period;
+        return dc->recipient_limit;
+    }
+    *until = w->start + dc->recipient_period;
+    return w->count >= dc->recipient_limit ? 0
+                                           : dc->recipient_limit - w->count;
+}
+
+static void rate_take(struct rate_window *w, int64_t now, uint64_t n)
+{
+    if (w->start == 0)
+        w->start = now;
+    w->count += n;
+}
+
+/* The window a connection's recipients count against. */
+static struct rate_window *conn_window(struct conn *cn,
+                                       const struct conf_dest *dc)
+{
+    if (dc->limits_per == DEST_PER_MX_IP && cn->slot >= 0)
+        return &cn->d->ips[cn->slot].rw;
+    return &cn->d->rw;
+}
+
+/* A job waits for the recipient limit's next window (no attempt is
+ * charged). */
+static void job_hold(struct queue *q, struct job *j, int64_t until)
+{
+    mlog_mid_pending(j->mid, j->rids, j->nrid, until);
+    job_wait(q, j, until);
+}
+
+/* Keep the first `keep` recipients in j; the rest become a new job,
+ * returned (not queued anywhere yet). */
+static struct job *job_split(struct queue *q, struct job *j, size_t keep)
+{
+    struct job *t = job_new(q, j->d, j->mid, j->rids + keep, j->nrid - keep);
+    j->d->active_rcpts -= j->nrid - keep;
+    q->st.active_rcpts -= j->nrid - keep;
+    j->nrid = keep;
+    return t;
+}
+
+/* The slot of an MX address (found, reused or added); -1 if the table
+ * is full of addresses in use. */
+static int slot_get(struct dest *d, const char *ip, int64_t now,
+                    const struct conf_dest *dc)
+{
+    int spare = -1;
+    for (size_t i = 0; i < d->nips; i++) {
+        struct ip_slot *s = &d->ips[i];
+        if (strcmp(s->ip, ip) == 0)
+            return (int)i;
+        if (spare < 0 && s->conns == 0 &&
+            (s->rw.start == 0 ||
+             now >= s->rw.start + (int64_t)dc->recipient_period))
+            spare = (int)i;
+    }
+    if (spare < 0) {
+        if (d->nips >= DEST_MAX_IP_SLOTS)
+            return -1;
+        d->ips = xrealloc(d->ips, (d->nips + 1) * sizeof(*d->ips));
+        spare = (int)d->nips++;
+    }
+    struct ip_slot *s = &d->ips[spare];
+    memset(s, 0, sizeof(*s));
+    str_copy(s->ip, sizeof(s->ip), ip);
+    return spare;
+}
+
+static void slot_release(struct conn *cn)
+{
+    if (cn->slot >= 0) {
+        cn->d->ips[cn->slot].conns--;
+        cn->slot = -1;
+    }
+}
+
 /* ---- connections ---- */
 
 static void conn_free(struct conn *cn)
@@ -488,6 +583,8 @@ static void conn_free(struct conn *cn)
         cn->starting = false;
         d->nstarting--;
     }
+    slot_release(cn);
+    resolver_lookup_cancel(cn->tlsa_lk);
     if (cn->rq)
         resolve_cancel(cn->rq);
     if (cn->idle_ev)
@@ -505,6 +602,20 @@ static void conn_free(struct conn *cn)
     d->nconns--;
     q->st.conns_out--;
     free(cn);
+}
+
+/* The job a connection was opened for goes back to the front of its
+ * destination's ready list (returned; NULL if it had none). */
+static struct job *conn_give_back(struct conn *cn)
+{
+    struct job *j = cn->job;
+    cn->job = NULL;
+    if (j) {
+        job_ready(cn->q, j);
+        TAILQ_REMOVE(&cn->d->ready, j, link);
+        TAILQ_INSERT_HEAD(&cn->d->ready, j, link);
+    }
+    return j;
 }
 
 /* Close a connection and let the destination start another if needed.
@@ -592,6 +703,8 @@ static const char *status_reason(const char *status)
         {".6.0", "Other or undefined media error"},
         {".7.0", "Other or undefined security status"},
         {".7.1", "Delivery not authorized, message refused"},
+        {".7.4", "Security features not supported"},
+        {".7.5", "Cryptographic failure"},
     };
     const char *dot = strchr(status, '.');
     for (size_t i = 0; dot && i < ARRAY_LEN(t); i++)
@@ -916,6 +1029,15 @@ static void conn_next(struct conn *cn)
             job_refuse(cn, j, "5.6.3", "Conversion required but not supported");
             continue;
         }
+        int64_t now = queue_now(), until;
+        struct rate_window *w = conn_window(cn, dc);
+        uint64_t left = rate_left(dc, w, now, &until);
+        if (left == 0) {
+            job_hold(q, j, until);
+            continue;
+        }
+        if (left < j->nrid)
+            job_hold(q, job_split(q, j, (size_t)left), until);
         int err = 0;
         cn->rd = spool_reader_open(q->sp, j->mid, &err);
         if (cn->rd == NULL) {
@@ -946,6 +1068,7 @@ static void conn_next(struct conn *cn)
             .read = read_content,
             .read_arg = cn,
         };
+        rate_take(w, now, j->nrid);
         mlog_dcid_delivery_start(cn->dcid, j->mid, j->rids, j->nrid);
         smtpc_send(cn->c, &t);
         return;
@@ -962,10 +1085,29 @@ static void on_connected(void *arg, struct smtpc *c)
     cn->logged_new = true;
 }
 
+/* What STARTTLS came to, for the log (before "Delivery start"). */
+static void log_tls(struct conn *cn, struct smtpc *c)
+{
+    const struct smtpc_tls_info *t = smtpc_tls(c);
+    if (t->active) {
+        mlog_tls_client_time(t->seconds);
+        if (t->checked && !t->verified)
+            mlog_dcid_tls_unverified(cn->dcid, cn->d->domain,
+                                     t->verify_error);
+        if (t->dane && t->verified)
+            mlog_dcid_dane_success(cn->dcid, t->peer_name, t->dane_usage);
+        mlog_dcid_tls_success(cn->dcid, t->protocol, t->cipher,
+                              cn->d->domain);
+        cn->q->st.tls_out++;
+    } else if (t->error[0]) {
+        mlog_dcid_tls_failed(cn->dcid, t->error); /* preferred: plaintext */
+    }
+}
+
 static void on_ready(void *arg, struct smtpc *c)
 {
     struct conn *cn = arg;
-    (void)c;
+    log_tls(cn, c);
     if (cn->starting) {
         cn->starting = false;
         cn->d->nstarting--;
@@ -987,13 +1129,31 @@ static void on_failed(void *arg, struct smtpc *c, enum smtpc_fail f,
         return;
     }
     char reason[QERR_MAX];
-    if (r->code)
-        str_printf(reason, sizeof(reason), "%d %s%s%s", r->code, r->enh,
-                   r->enh[0] ? " " : "", r->text);
-    else
-        str_copy(reason, sizeof(reason), smtpc_fail_name(f));
-    mlog_connection_error(cn->dcid, cn->d->domain, a->ip, a->port,
-                          fail_details(f), smtpc_local_ip(c), reason);
+    cn->err_status[0] = '\0';
+    if (f == SMTPC_TLS) {
+        const struct smtpc_tls_info *t = smtpc_tls(c);
+        mlog_dcid_tls_failed(cn->dcid, t->error);
+        if (t->required) {
+            mlog_dcid_tls_required(cn->dcid, a->ip);
+            str_printf(reason, sizeof(reason),
+                       "TLS was required but could not be successfully "
+                       "negotiated: %s",
+                       t->error);
+        } else {
+            str_printf(reason, sizeof(reason), "TLS failed: %s", t->error);
+        }
+        str_copy(cn->err_status, sizeof(cn->err_status),
+                 t->offered ? "4.7.5" : "4.7.4");
+        cn->q->st.tls_out_failed++;
+    } else {
+        if (r->code)
+            str_printf(reason, sizeof(reason), "%d %s%s%s", r->code, r->enh,
+                       r->enh[0] ? " " : "", r->text);
+        else
+            str_copy(reason, sizeof(reason), smtpc_fail_name(f));
+        mlog_connection_error(cn->dcid, cn->d->domain, a->ip, a->port,
+                              fail_details(f), smtpc_local_ip(c), reason);
+    }
     if (cn->logged_new) {
         mlog_dcid_close(cn->dcid); /* refused at the greeting or EHLO */
         cn->logged_new = false;
@@ -1039,32 +1199,207 @@ static void conn_all_failed(struct conn *cn)
     str_copy(d->last_error, sizeof(d->last_error), cn->err);
     d->conn_fail++;
     uint64_t dcid = cn->dcid;
-    char err[QERR_MAX];
+    char err[QERR_MAX], status[8];
     str_copy(err, sizeof(err), cn->err);
+    str_copy(status, sizeof(status), cn->err_status[0] ? cn->err_status
+                                                       : "4.4.0");
     /* The job this connection was opened for takes the failure; with no
      * other connection working, so do the destination's other jobs. */
-    struct job *j = cn->job;
-    cn->job = NULL;
-    if (j) {
-        job_ready(q, j);
-        TAILQ_REMOVE(&d->ready, j, link); /* to the front: fail it first */
-        TAILQ_INSERT_HEAD(&d->ready, j, link);
-    }
+    struct job *j = conn_give_back(cn); /* to the front: fail it first */
     conn_free(cn);
     if (!others || j)
-        dest_fail_ready(q, d, false, dcid, "4.4.0", "Other network problem",
+        dest_fail_ready(q, d, false, dcid, status, status_reason(status),
                         err, others ? j : NULL);
     dest_kick(q, d);
+}
+
+static void conn_try_next(struct conn *cn);
+static void conn_connect(struct conn *cn, const struct nexthop_addr *a,
+                         const struct dnsl_result *tlsa);
+
+/* Address a cannot be used (DANE): note why, try the next. */
+static void conn_addr_failed(struct conn *cn, const struct nexthop_addr *a,
+                             const char *why)
+{
+    mlog_dane_failed(a->host, a->ip, why);
+    str_printf(cn->err, sizeof(cn->err), "%s[%s]:%u: %s", a->host, a->ip,
+               a->port, why);
+    str_copy(cn->err_status, sizeof(cn->err_status), "4.7.5");
+    cn->q->st.tls_out_failed++;
+    conn_try_next(cn);
+}
+
+static void on_tlsa(void *arg, const struct dnsl_result *res)
+{
+    struct conn *cn = arg;
+    cn->tlsa_lk = NULL;
+    const struct nexthop_addr *a = &cn->nh->addrs[cn->ai - 1];
+    bool mandatory = dest_conf(cn->q, cn->d)->dane == DEST_DANE_MANDATORY;
+    char why[QERR_MAX];
+    if (res->status == DNSL_TEMP) {
+        /* RFC 7672 2.2: a failed TLSA lookup makes the host unusable. */
+        str_printf(why, sizeof(why), "TLSA lookup for _%u._tcp.%s failed: %s",
+                   a->port, a->host,
+                   res->bogus ? res->why_bogus : "ServFail or timeout");
+        conn_addr_failed(cn, a, why);
+        return;
+    }
+    if (res->status != DNSL_OK || !res->secure) {
+        const char *what = res->status == DNSL_OK
+                               ? "TLSA records not DNSSEC-validated"
+                               : "no TLSA record";
+        if (mandatory) {
+            str_printf(why, sizeof(why), "DANE is mandatory: %s for %s", what,
+                       a->host);
+            conn_addr_failed(cn, a, why);
+            return;
+        }
+        mlog_dane_unused(cn->d->domain, a->host, what);
+        conn_connect(cn, a, NULL);
+        return;
+    }
+    conn_connect(cn, a, res);
+}
+
+/* DANE for address a: look up its TLSA records when the destination
+ * asks for DANE and the MX and address records are DNSSEC-validated;
+ * otherwise connect with the destination's TLS setting (opportunistic)
+ * or not at all (mandatory). */
+static void conn_dane(struct conn *cn, const struct nexthop_addr *a)
+{
+    struct queue *q = cn->q;
+    const struct conf_dest *dc = dest_conf(q, cn->d);
+    if (dc->dane == DEST_DANE_NONE || !cn->dane) {
+        conn_connect(cn, a, NULL);
+        return;
+    }
+    bool mandatory = dc->dane == DEST_DANE_MANDATORY;
+    char why[QERR_MAX];
+    const char *problem = NULL;
+    if (q->res_sec == NULL) {
+        str_printf(why, sizeof(why), "DANE unavailable: %s", q->dane_err);
+        problem = why;
+    } else if (!a->dnssec) {
+        str_printf(why, sizeof(why),
+                   "the MX or address records of %s are not DNSSEC-validated",
+                   a->host);
+        problem = why;
+    }
+    if (problem && mandatory) {
+        char m[QERR_MAX];
+        str_printf(m, sizeof(m), "DANE is mandatory: %s", problem);
+        conn_addr_failed(cn, a, m);
+        return;
+    }
+    if (problem) {
+        mlog_dane_unused(cn->d->domain, a->host, problem);
+        conn_connect(cn, a, NULL);
+        return;
+    }
+    char name[NEXTHOP_HOST_MAX + 16];
+    str_printf(name, sizeof(name), "_%u._tcp.%s", a->port, a->host);
+    cn->st = C_RESOLVING;
+    cn->tlsa_lk = resolver_lookup(q->res_sec, name, DNS_T_TLSA, on_tlsa, cn);
+}
+
+_Static_assert((int)DEST_TLS_REQUIRED_VERIFY_HOSTED ==
+                   (int)SMTPC_TLS_REQUIRED_VERIFY_HOSTED &&
+               (int)DEST_TLS_PREFERRED_VERIFY == (int)SMTPC_TLS_PREFERRED_VERIFY &&
+               (int)DEST_TLS_NO == (int)SMTPC_TLS_NO,
+               "destination tls values are smtpc's modes");
+
+/* A next-hop name usable as a TLS name: a host name, not an address. */
+static bool tls_host_name(const char *h)
+{
+    struct in6_addr a6;
+    struct in_addr a4;
+    return h[0] && inet_pton(AF_INET, h, &a4) != 1 &&
+           inet_pton(AF_INET6, h, &a6) != 1;
+}
+
+/* The destination's TLS setting for a connection to address a: the
+ * mode, the server name sent (SNI) and the names a verified certificate
+ * may carry. Required - Verify (and Preferred - Verify) accept the MX or
+ * route host name or the recipient domain; Required - Verify Hosted
+ * Domains only the recipient domain. */
+static void tls_settings(struct conn *cn, const struct nexthop_addr *a,
+                         const struct dnsl_result *tlsa,
+                         struct smtpc_tlsa *usable, struct smtpc_config *cfg)
+{
+    const struct conf_dest *dc = dest_conf(cn->q, cn->d);
+    cfg->tls_ctx = cn->q->tls_ctx;
+    cfg->tls_mode = (enum smtpc_tls_mode)dc->tls;
+    if (tlsa && cfg->tls_ctx) {
+        /* RFC 7672 3.1: DANE-TA(2) and DANE-EE(3) records are usable for
+         * SMTP; PKIX-TA/EE (0, 1) are not. With TLSA records but none
+         * usable, TLS is still mandatory, unauthenticated. */
+        for (size_t i = 0; i < tlsa->ntlsa && cfg->ntlsa < SMTPC_TLSA_MAX;
+             i++) {
+            const struct dnsl_tlsa *t = &tlsa->tlsa[i];
+            if ((t->usage != 2 && t->usage != 3) || t->selector > 1 ||
+                t->mtype > 2 || t->too_long || t->len == 0)
+                continue;
+            usable[cfg->ntlsa++] = (struct smtpc_tlsa){
+                t->usage, t->selector, t->mtype, t->len, t->data};
+        }
+        cfg->tlsa = usable;
+        cfg->dane_name = a->host;
+        if (cfg->tls_mode < SMTPC_TLS_REQUIRED ||
+            cfg->tls_mode == SMTPC_TLS_PREFERRED_VERIFY)
+            cfg->tls_mode = SMTPC_TLS_REQUIRED;
+    }
+    if (cfg->tls_ctx == NULL || cfg->tls_mode == SMTPC_TLS_NO)
+        return;
+    bool host_ok = tls_host_name(a->host);
+    cfg->tls_sni = host_ok ? a->host : NULL;
+    if (dc->tls != DEST_TLS_REQUIRED_VERIFY_HOSTED && host_ok &&
+        strcasecmp(a->host, cn->d->domain) != 0)
+        cfg->tls_names[cfg->tls_nnames++] = a->host;
+    cfg->tls_names[cfg->tls_nnames++] = cn->d->domain;
 }
 
 static void conn_try_next(struct conn *cn)
 {
     struct queue *q = cn->q;
-    if (cn->ai >= cn->nh->naddrs) {
+    struct dest *d = cn->d;
+    const struct conf_dest *dc = dest_conf(q, d);
+    slot_release(cn);
+    const struct nexthop_addr *a = NULL;
+    bool full = false;
+    while (a == NULL && cn->ai < cn->nh->naddrs) {
+        a = &cn->nh->addrs[cn->ai++];
+        if (dc->limits_per != DEST_PER_MX_IP)
+            break;
+        int s = slot_get(d, a->ip, queue_now(), dc);
+        if (s >= 0 && d->ips[s].conns >= dc->concurrency) {
+            full = true; /* this address has its connections already */
+            a = NULL;
+            continue;
+        }
+        cn->slot = s;
+        if (s >= 0)
+            d->ips[s].conns++;
+    }
+    if (a == NULL && full) {
+        /* Every address is at its limit (limits_per = mx_ip): not a
+         * failure; the job goes back to wait for a connection. */
+        conn_give_back(cn);
+        conn_free(cn);
+        return;
+    }
+    if (a == NULL) {
         conn_all_failed(cn);
         return;
     }
-    const struct nexthop_addr *a = &cn->nh->addrs[cn->ai++];
+    conn_dane(cn, a);
+}
+
+/* Connect to address a (tlsa: its DNSSEC-validated TLSA records, for
+ * DANE). */
+static void conn_connect(struct conn *cn, const struct nexthop_addr *a,
+                         const struct dnsl_result *tlsa)
+{
+    struct queue *q = cn->q;
     cn->dcid = ids_next(q->ids, ID_DCID);
     cn->st = C_CONNECTING;
     const struct conf_delivery *dl = &q->conf->delivery;
@@ -1076,6 +1411,8 @@ static void conn_try_next(struct conn *cn)
         .data_timeout = dl->data_timeout,
         .data_done_timeout = dl->data_done_timeout,
     };
+    struct smtpc_tlsa usable[SMTPC_TLSA_MAX];
+    tls_settings(cn, a, tlsa, usable, &cfg);
     cn->c = smtpc_connect(q->base, &cfg, (const struct sockaddr *)&a->ss,
                           a->sslen, &conn_cbs, cn);
     if (cn->c == NULL) {
@@ -1098,13 +1435,7 @@ static void on_resolved(void *arg, const struct nexthop *nh)
                    hard ? "Hard" : "Temporary", nh->qname, nh->qtype,
                    nh->what);
         str_copy(d->last_error, sizeof(d->last_error), text);
-        struct job *j = cn->job;
-        cn->job = NULL;
-        if (j) {
-            job_ready(q, j);
-            TAILQ_REMOVE(&d->ready, j, link);
-            TAILQ_INSERT_HEAD(&d->ready, j, link);
-        }
+        struct job *j = conn_give_back(cn);
         conn_free(cn);
         /* With other connections working (the lookup worked for them), a
          * failed lookup charges only the job it was made for. */
@@ -1120,6 +1451,7 @@ static void on_resolved(void *arg, const struct nexthop *nh)
         dest_kick(q, d);
         return;
     }
+    d->naddrs = nh->naddrs;
     cn->nh = xmalloc(sizeof(*cn->nh));
     *cn->nh = *nh;
     cn->ai = 0;
@@ -1131,6 +1463,7 @@ static void conn_start(struct queue *q, struct dest *d)
     struct conn *cn = xcalloc(1, sizeof(*cn));
     cn->q = q;
     cn->d = d;
+    cn->slot = -1;
     cn->gen = q->gen;
     /* Every new connection is opened for a job, reserved for it now: no
      * connection comes up to find its work taken by a faster one, and a
@@ -1149,7 +1482,11 @@ static void conn_start(struct queue *q, struct dest *d)
     const struct conf_dest *dc = dest_conf(q, d);
     if (route && route->kind != ROUTE_HOSTS)
         route = NULL; /* USEDNS (a /dev/null route never gets here) */
-    cn->rq = resolve_nexthop(q->res, d->domain, route, dc->ip_preference,
+    /* DANE is for MX delivery only: the appliance does not enforce it
+     * for destinations reached through an SMTP route. */
+    cn->dane = dc->dane != DEST_DANE_NONE && route == NULL;
+    struct resolver *res = cn->dane && q->res_sec ? q->res_sec : q->res;
+    cn->rq = resolve_nexthop(res, d->domain, route, dc->ip_preference,
                              on_resolved, cn);
 }
 
@@ -1213,11 +1550,23 @@ void dest_kick(struct queue *q, struct dest *d)
         if (d->nconns == 0)
             return;
     }
+    const struct conf_dest *dc = dest_conf(q, d);
+    int64_t until;
+    if (dc->limits_per == DEST_PER_DOMAIN &&
+        rate_left(dc, &d->rw, now, &until) == 0) {
+        /* The recipient limit is spent: everything waits for the next
+         * window (connections up stay until their idle time ends). */
+        struct job *j;
+        while ((j = TAILQ_FIRST(&d->ready)) != NULL)
+            job_hold(q, j, until);
+        return;
+    }
     /* Parked connections first: they are up already. */
     while (d->nready > 0 && wake_parked(d))
         ;
-    const struct conf_dest *dc = dest_conf(q, d);
     size_t limit = dc->concurrency;
+    if (dc->limits_per == DEST_PER_MX_IP)
+        limit *= d->naddrs ? d->naddrs : 1;
     if (d->conn_fail > 0)
         /* A connection failed (refused, 421 greeting, ...) and none has
          * worked since: the ones alive carry on, and otherwise one probe
@@ -1324,6 +1673,18 @@ struct queue *queue_new(struct event_base *base, struct moat_conf *conf,
     q->sp = sp;
     q->ids = ids;
     q->res = resolver_new(base, &conf->resolver, err, errlen);
+    if (q->res != NULL) {
+        /* DANE destinations resolve through a validating resolver; with
+         * no trust anchor DANE is unavailable (said at each use). */
+        q->res_sec = resolver_new_dnssec(base, &conf->resolver, q->dane_err,
+                                         sizeof(q->dane_err));
+        q->tls_ctx = tls_client_ctx_new(&conf->delivery, err, errlen);
+        if (q->tls_ctx == NULL) {
+            resolver_free(q->res);
+            resolver_free(q->res_sec);
+            q->res = NULL;
+        }
+    }
     if (q->res == NULL) {
         conf_unref(q->conf);
         free(q);
@@ -1389,6 +1750,7 @@ void queue_free(struct queue *q)
             struct job *j;
             while ((j = TAILQ_FIRST(&d->ready)) != NULL)
                 job_free(q, j);
+            free(d->ips);
             free(d->domain);
             free(d);
         }
@@ -1403,8 +1765,17 @@ void queue_free(struct queue *q)
     free(q->htab);
     event_free(q->timer);
     resolver_free(q->res);
+    resolver_free(q->res_sec);
+    SSL_CTX_free(q->tls_ctx);
     conf_unref(q->conf);
     free(q);
+}
+
+void queue_set_tls(struct queue *q, SSL_CTX *ctx)
+{
+    /* Connections under way hold their own references (SSL_new). */
+    SSL_CTX_free(q->tls_ctx);
+    q->tls_ctx = ctx;
 }
 
 struct resolver *queue_resolver(struct queue *q)

@@ -40,6 +40,8 @@ struct queue_stats {
     uint64_t deleted;       /* recipients deleted (admin, /dev/null) */
     uint64_t bounces_sent;  /* DSN messages generated */
     uint64_t double_bounces;
+    uint64_t tls_out;       /* outbound TLS sessions established */
+    uint64_t tls_out_failed; /* outbound connections failed for TLS */
     size_t active_rcpts;    /* recipients queued */
     size_t conns_out;       /* delivery connections open */
     size_t destinations;
@@ -60,6 +62,11 @@ void queue_free(struct queue *q);
 /* The queue's resolver, shared with the SMTP server's HAT lookups; it
  * lives until queue_free. */
 struct resolver *queue_resolver(struct queue *q);
+/* The outbound TLS client context (delivery/tls_client.h) for new
+ * connections; the queue owns it from now on (NULL: no STARTTLS). Set
+ * before queue_set_conf when a commit changes it. */
+typedef struct ssl_ctx_st SSL_CTX;
+void queue_set_tls(struct queue *q, SSL_CTX *ctx);
 
 void queue_get_stats(const struct queue *q, struct queue_stats *st);
 

@@ -499,6 +499,14 @@ bool queue_cmd_hoststatus(struct queue *q, const char *args, struct buf *out)
                     "connection %u, bounce profile %s)\n",
                dc->domain, dc->concurrency, dc->messages_per_connection,
                dc->bounce_profile);
+    char rl[64] = "no limit";
+    if (dc->rcpt_limited)
+        str_printf(rl, sizeof(rl), "%u per %u s", dc->recipient_limit,
+                   dc->recipient_period);
+    buf_printf(out, "                      recipient limit %s, limits per %s, "
+                    "tls %s, dane %s\n",
+               rl, conf_dest_per_name(dc->limits_per),
+               conf_dest_tls_name(dc->tls), conf_dest_dane_name(dc->dane));
     buf_printf(out, "Bounce profile:       %s (max retries %u, max queue "
                     "lifetime %u s, initial retry %u s, max retry %u s)\n",
                p->name, p->max_retries, p->max_queue_lifetime,

@@ -60,7 +60,27 @@ struct conn {
     unsigned gen;              /* q->gen when opened */
     struct event *idle_ev;
     char err[QERR_MAX];        /* why the last address failed */
+    char err_status[8];        /* its enhanced status ("" = 4.4.0) */
+    int slot;                  /* limits_per = mx_ip: its address's slot in
+                                  d->ips (counted in conns), else -1 */
+    bool dane;                 /* DANE applies: resolved through res_sec */
+    struct dns_lookup *tlsa_lk; /* TLSA lookup for the address being tried */
 };
+
+/* A recipient-limit window (destination controls recipient_limit). */
+struct rate_window {
+    int64_t start;             /* when it began (0: none yet) */
+    uint64_t count;            /* recipients sent in it */
+};
+
+/* limits_per = mx_ip: what one MX address has in use. */
+struct ip_slot {
+    char ip[INET6_ADDRSTRLEN];
+    unsigned conns;            /* connections to it now */
+    struct rate_window rw;
+};
+
+#define DEST_MAX_IP_SLOTS 64
 
 /* One destination domain: its ready jobs, connections and counters. */
 struct dest {
@@ -73,6 +93,10 @@ struct dest {
     size_t active_rcpts;       /* recipients in its jobs */
     uint64_t delivered, soft, hard;
     int64_t down_until;        /* after a failed attempt: hold jobs */
+    struct rate_window rw;     /* recipient_limit, limits_per = domain */
+    struct ip_slot *ips;       /* limits_per = mx_ip */
+    size_t nips;
+    size_t naddrs;             /* addresses in the last next-hop lookup */
     unsigned conn_fail;        /* connections failed since the last one
                                   that worked: no new ones meanwhile */
     /* Its rows of the configuration, looked up once per generation (the
@@ -91,6 +115,9 @@ struct queue {
     struct spool *sp;
     struct ids *ids;
     struct resolver *res;
+    struct resolver *res_sec;  /* validating (DANE); NULL: no anchors */
+    char dane_err[256];        /* why res_sec is NULL */
+    SSL_CTX *tls_ctx;          /* outbound STARTTLS (NULL: none) */
     struct dest **htab;
     size_t hsize, ndest;
     struct job **heap;         /* waiting jobs, by next_try */

@@ -10,6 +10,7 @@
  * will refuse it; it is for trying moat out, not for production.
  */
 #include "smtp/smtp_tls.h"
+#include "delivery/tls_client.h"
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -90,14 +91,6 @@ static X509 *demo_make(const char *hostname, char *err, size_t errlen)
     return x;
 }
 
-static int min_version(int v)
-{
-    static const int versions[] = {TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSION,
-                                   TLS1_3_VERSION};
-    return v >= 0 && v < (int)ARRAY_LEN(versions) ? versions[v]
-                                                  : TLS1_2_VERSION;
-}
-
 SSL_CTX *smtp_tls_ctx_new(const struct conf_listener *lc, bool *demo, char *err,
                           size_t errlen)
 {
@@ -119,15 +112,9 @@ SSL_CTX *smtp_tls_ctx_new(const struct conf_listener *lc, bool *demo, char *err,
     /* No cache, so no TLS 1.3 tickets: a client that hangs up right after
      * its handshake is not a failure of ours. */
     SSL_CTX_set_num_tickets(ctx, 0);
-    const char *what = NULL;
-    int v = min_version(lc->tls_min_protocol);
-    if (v < TLS1_2_VERSION)
-        SSL_CTX_set_security_level(ctx, 0); /* Debian's level 2 bars them */
-    if (!SSL_CTX_set_min_proto_version(ctx, v))
-        what = "tls_min_protocol";
-    else if (!SSL_CTX_set_cipher_list(ctx, lc->tls_ciphers))
-        what = "tls_ciphers";
-    else if (lc->tls_certificate) {
+    const char *what =
+        tls_ctx_protocols(ctx, lc->tls_min_protocol, lc->tls_ciphers);
+    if (what == NULL && lc->tls_certificate) {
         if (SSL_CTX_use_certificate_chain_file(ctx, lc->tls_certificate) != 1)
             what = "tls_certificate";
         else if (SSL_CTX_use_PrivateKey_file(
@@ -135,7 +122,7 @@ SSL_CTX *smtp_tls_ctx_new(const struct conf_listener *lc, bool *demo, char *err,
                      SSL_FILETYPE_PEM) != 1 ||
                  SSL_CTX_check_private_key(ctx) != 1)
             what = "tls_key";
-    } else {
+    } else if (what == NULL) {
         X509 *x = demo_make(lc->hostname, err, errlen);
         if (x == NULL) {
             SSL_CTX_free(ctx);

@@ -529,6 +529,29 @@ def moat_factory(request, moatd_bin, moatctl_bin):
         pytest.fail("moatd did not exit cleanly:\n" + "\n".join(problems), pytrace=False)
 
 
+@pytest.fixture(scope="module")
+def module_moat_factory(moatd_bin, moatctl_bin):
+    """moat_factory for module-scoped fixtures (one moatd shared by a
+    module's tests, e.g. a matrix of deliveries made once); each is
+    stopped when the module is done, and kept if it did not exit 0."""
+    made = []
+
+    def make(conf):
+        m = Moat(moatd_bin, moatctl_bin, conf)
+        made.append(m)
+        m.start()
+        return m
+
+    yield make
+    for m in made:
+        m.cleanup(keep=True)
+        if m.check_exit and m.unexpected_exit:
+            print("\n" + m.report())
+            print("(kept %s)" % m.dir)
+        else:
+            m.cleanup(keep=False)
+
+
 @pytest.fixture
 def moat(request, moat_factory):
     marker = request.node.get_closest_marker("moat_conf")

@@ -12,8 +12,10 @@ and spacing checks.
 """
 
 import datetime
+import random
 import re
 import smtplib
+import socket
 import time
 from email import message_from_bytes, policy
 
@@ -71,6 +73,21 @@ def delivery_conf(routes=None, *, delivery=None, destinations=None,
         conf[("destination", dom)] = d
     conf.update(extra or {})
     return conf
+
+
+def loopback_addr():
+    """A random 127.x.y.z (not 127.0.0.1) with port 25 free, for sinks that
+    must listen on port 25 (MX targets)."""
+    for _ in range(50):
+        ip = "127.%d.%d.%d" % (random.randint(1, 250), random.randint(0, 250),
+                               random.randint(2, 250))
+        with socket.socket() as s:
+            try:
+                s.bind((ip, 25))
+                return ip
+            except OSError:
+                continue
+    pytest.skip("no free 127.x.y.z:25")
 
 
 def dns_resolver(dns, timeout=3):

@@ -29,6 +29,7 @@ import pytest
 
 from conftest import Bare, postfix_available
 from delivery_fixtures import (  # noqa: F401  (fixtures)
+    loopback_addr,
     HOSTNAME, Submitter, ctl, delivery_conf, dns_resolver, dns_server, grep,
     grep_entries, message, parse_dsn, sinks,
     status_counters, submit, wait_queue_empty, wait_until)
@@ -87,21 +88,6 @@ def received_prefix_ok(data, original):
                         rb"(?:E?SMTP|UTF8SMTP) id \d+ \(ICID \d+\)(?:\r\n\tfor <[^>\r\n]*>)?;"
                         rb"\r\n\t[^\r\n]+\r\n", prefix), prefix
     return prefix
-
-
-def loopback_addr():
-    """A random 127.x.y.z (not 127.0.0.1) with port 25 free, for sinks that
-    must listen on port 25 (MX targets)."""
-    for _ in range(50):
-        ip = "127.%d.%d.%d" % (random.randint(1, 250), random.randint(0, 250),
-                               random.randint(2, 250))
-        with socket.socket() as s:
-            try:
-                s.bind((ip, 25))
-                return ip
-            except OSError:
-                continue
-    pytest.skip("no free 127.x.y.z:25")
 
 
 # ---------------------------------------------------------------------------

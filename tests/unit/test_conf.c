@@ -1017,6 +1017,50 @@ static void test_delivery_blocks(void **state)
     assert_int_equal(p->max_bounce_copy, 10240);
     conf_unref(c);
 
+    /* Destination rows take what they do not say from the Default row,
+     * written before or after them. */
+    c = expect_ok(
+        "dest inherit",
+        LIS_IN "destination \"a.com\" { tls = required_verify; "
+        "recipient_limit = 0; bounce_verification = default; }\n"
+        "destination \"Default\" { concurrency = 20; tls = preferred; "
+        "recipient_limit = 100; recipient_period = 5min; limits_per = mx_ip; "
+        "dane = opportunistic; bounce_verification = yes; }\n"
+        "destination \"b.com\" { concurrency = 3; }\n"
+        "delivery { tls_min_protocol = TLSv1.3; }\n");
+    d = conf_dest_find(c, "a.com");
+    assert_int_equal(d->tls, DEST_TLS_REQUIRED_VERIFY);
+    assert_int_equal(d->concurrency, 20);
+    assert_true(d->rcpt_limited);
+    assert_int_equal(d->recipient_limit, 0);
+    assert_int_equal(d->recipient_period, 300);
+    assert_int_equal(d->limits_per, DEST_PER_MX_IP);
+    assert_int_equal(d->dane, DEST_DANE_OPPORTUNISTIC);
+    assert_int_equal(d->bounce_verification, DEST_BV_YES);
+    assert_true(d->set & (1u << conf_table_index(&conf_table_dest, "tls")));
+    assert_false(d->set &
+                 (1u << conf_table_index(&conf_table_dest, "concurrency")));
+    assert_false(d->set & (1u << conf_table_index(&conf_table_dest,
+                                                  "bounce_verification")));
+    d = conf_dest_find(c, "b.com");
+    assert_int_equal(d->concurrency, 3);
+    assert_int_equal(d->tls, DEST_TLS_PREFERRED);
+    assert_true(d->rcpt_limited);
+    assert_int_equal(d->recipient_limit, 100);
+    d = conf_dest_find(c, "c.com");
+    assert_string_equal(d->domain, "Default");
+    assert_int_equal(c->delivery.tls_min_protocol, 3);
+    assert_non_null(c->delivery.tls_ciphers);
+    conf_unref(c);
+    c = expect_ok("dest plain", LIS_IN "destination \"a.com\" { }\n");
+    d = conf_dest_find(c, "a.com");
+    assert_false(d->rcpt_limited);
+    assert_int_equal(d->tls, DEST_TLS_NO);
+    assert_int_equal(d->dane, DEST_DANE_NONE);
+    assert_int_equal(d->bounce_verification, DEST_BV_NO);
+    assert_int_equal(d->recipient_period, 3600);
+    conf_unref(c);
+
     c = expect_ok("no routes", LIS_IN);
     assert_null(conf_route_find(c, "example.com"));
     assert_string_equal(c->delivery.helo, c->hostname);
@@ -1047,6 +1091,17 @@ static void test_delivery_blocks(void **state)
          "defined twice"},
         {"concurrency 1001", "destination \"a.com\" { concurrency = 1001; }",
          "out of range"},
+        {"tls value", "destination \"a.com\" { tls = yes; }",
+         "required_verify_hosted"},
+        {"period 61min", "destination \"a.com\" { recipient_period = 61min; }",
+         "out of range"},
+        {"default bv", "destination \"Default\" { bounce_verification = "
+         "default; }", "the Default row says no or yes"},
+        {"default twice", "destination \"Default\" { }\n"
+         "destination \"Default\" { }", "defined twice"},
+        {"min protocol", "delivery { tls_min_protocol = SSLv3; }", "TLSv1.2"},
+        {"trust anchor", "resolver { trust_anchors = [ \"example. A 1.2.3.4\" ]; }",
+         "is not a DS or DNSKEY record"},
         {"retry order", "bounce_profile \"X\" { initial_retry = 2h; }",
          "longer than max_retry_timeout"},
         {"stub addr", "resolver { stub_zones = { \".\" = [ \"localhost\" ]; } }",
