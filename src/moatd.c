@@ -306,9 +306,36 @@ static void errors_to_buf(const struct conf_errors *e, struct buf *out)
 
 /* What only the running libraries can check: certificates and keys of
  * the listeners, the outbound TLS context (CA bundle, ciphers). */
+/* DANE needs a trust anchor: a readable trust_anchor_file (the root key
+ * of dns-root-data by default) or trust_anchors. */
+static bool dane_check(const struct moat_conf *c, char *err, size_t errlen)
+{
+    const struct conf_resolver *rc = &c->resolver;
+    for (size_t i = 0; i < c->dest_count; i++) {
+        if (c->dests[i].dane == DEST_DANE_NONE || rc->ntrust_anchors > 0)
+            continue;
+        if (rc->trust_anchor_file == NULL || rc->trust_anchor_file[0] == '\0') {
+            str_printf(err, errlen,
+                       "destination %s: dane needs a DNSSEC trust anchor "
+                       "(resolver trust_anchor_file or trust_anchors)",
+                       c->dests[i].domain);
+            return false;
+        }
+        if (access(rc->trust_anchor_file, R_OK) != 0) {
+            str_printf(err, errlen,
+                       "destination %s: dane needs a DNSSEC trust anchor: "
+                       "resolver trust_anchor_file %s: %s",
+                       c->dests[i].domain, rc->trust_anchor_file,
+                       strerror(errno));
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool tls_check(const struct moat_conf *c, char *err, size_t errlen)
 {
-    if (!smtp_tls_check(c, err, errlen))
+    if (!smtp_tls_check(c, err, errlen) || !dane_check(c, err, errlen))
         return false;
     SSL_CTX *cctx = tls_client_ctx_new(&c->delivery, err, errlen);
     SSL_CTX_free(cctx);
@@ -374,7 +401,9 @@ static bool daemon_commit(struct daemon *d, struct buf *out)
         return false;
     }
     char err[512];
-    SSL_CTX *cctx = tls_client_ctx_new(&c->delivery, err, sizeof(err));
+    SSL_CTX *cctx = NULL;
+    if (dane_check(c, err, sizeof(err)))
+        cctx = tls_client_ctx_new(&c->delivery, err, sizeof(err));
     if (cctx == NULL || !smtp_server_apply(d->smtp, c, err, sizeof(err))) {
         buf_printf(out,
                    "Configuration refused; the running configuration "

@@ -91,6 +91,7 @@ struct smtpc {
     char *tls_sni;
     struct smtpc_tlsa *tlsa; /* copies, data included */
     size_t ntlsa;
+    bool dane_unusable;      /* OpenSSL took none of them */
     char *dane_name;
 };
 
@@ -224,6 +225,12 @@ static void fail(struct smtpc *c, enum smtpc_fail f,
         return;
     }
     enum state st = c->state;
+    if (st == ST_FAIL_QUIT) {
+        /* The reply to our QUIT was odd or never came: still report why
+         * the connection was being ended. */
+        f = c->quit_fail;
+        r = &c->greet;
+    }
     bufferevent_disable(c->bev, EV_READ | EV_WRITE);
     c->state = ST_QUIT;
     if (st == ST_TXN || st == ST_CONTENT || st == ST_DOT || st == ST_RSET) {
@@ -496,13 +503,10 @@ static void tls_handshake(struct smtpc *c)
                 usable++;
         }
         ERR_clear_error(); /* a malformed record is only not usable */
-        if (ok && usable == 0) {
-            str_copy(c->tls.error, sizeof(c->tls.error),
-                     "DANE: no usable TLSA record");
-            SSL_free(ssl);
-            fail(c, SMTPC_TLS, NULL);
-            return;
-        }
+        /* RFC 7672 2.2: TLSA records but none usable (OpenSSL refused
+         * them all): TLS stays mandatory, without authentication, as
+         * for records of usage 0 or 1. */
+        c->dane_unusable = ok && usable == 0;
     }
     /* The handshake never stops on the certificate: the mode decides
      * what a failed check means once it is done (tls_established). */
@@ -514,6 +518,9 @@ static void tls_handshake(struct smtpc *c)
         tb = bufferevent_openssl_filter_new(c->base, c->bev, ssl,
                                             BUFFEREVENT_SSL_CONNECTING,
                                             BEV_OPT_CLOSE_ON_FREE);
+        /* On failure libevent has freed ssl already (CLOSE_ON_FREE);
+         * the socket's bufferevent is untouched. */
+        ssl = NULL;
     }
     if (tb == NULL) {
         char e[200];
@@ -547,7 +554,7 @@ static void tls_established(struct smtpc *c)
     str_copy(c->tls.protocol, sizeof(c->tls.protocol), SSL_get_version(ssl));
     str_copy(c->tls.cipher, sizeof(c->tls.cipher), SSL_get_cipher_name(ssl));
     c->tls.dane_usage = -1;
-    if (c->ntlsa > 0) {
+    if (c->ntlsa > 0 && !c->dane_unusable) {
         c->tls.checked = true;
         c->tls.dane = true;
         long vr = SSL_get_verify_result(ssl);
@@ -968,6 +975,10 @@ struct smtpc *smtpc_connect(struct event_base *base,
     c->cfg.tlsa = NULL;
     c->cfg.dane_name = NULL;
     c->tls.required = c->cfg.tls_ctx && tls_required(c);
+    /* The owner may replace its context (a commit) while this
+     * connection is still before its STARTTLS. */
+    if (c->cfg.tls_ctx)
+        SSL_CTX_up_ref(c->cfg.tls_ctx);
     c->cb = *cb;
     c->arg = arg;
     c->state = ST_CONNECTING;
@@ -1054,6 +1065,7 @@ void smtpc_free(struct smtpc *c)
         free((void *)c->tlsa[i].data);
     free(c->tlsa);
     free(c->dane_name);
+    SSL_CTX_free(c->cfg.tls_ctx);
     free(c);
 }
 

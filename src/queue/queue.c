@@ -204,6 +204,7 @@ struct job *job_new(struct queue *q, struct dest *d, uint64_t mid,
 /* Take a job out of the ready list or the heap (not an active one). */
 void job_unlink(struct queue *q, struct job *j)
 {
+    j->rate_held = false;
     if (j->state == JOB_READY) {
         TAILQ_REMOVE(&j->d->ready, j, link);
         j->d->nready--;
@@ -525,6 +526,7 @@ static void job_hold(struct queue *q, struct job *j, int64_t until)
 {
     mlog_mid_pending(j->mid, j->rids, j->nrid, until);
     job_wait(q, j, until);
+    j->rate_held = true;
 }
 
 /* Keep the first `keep` recipients in j; the rest become a new job,
@@ -1216,6 +1218,7 @@ static void conn_all_failed(struct conn *cn)
 static void conn_try_next(struct conn *cn);
 static void conn_connect(struct conn *cn, const struct nexthop_addr *a,
                          const struct dnsl_result *tlsa);
+static bool wake_parked(struct dest *d);
 
 /* Address a cannot be used (DANE): note why, try the next. */
 static void conn_addr_failed(struct conn *cn, const struct nexthop_addr *a,
@@ -1258,6 +1261,17 @@ static void on_tlsa(void *arg, const struct dnsl_result *res)
         conn_connect(cn, a, NULL);
         return;
     }
+    for (size_t i = 0; i < res->ntlsa; i++)
+        if ((res->tlsa[i].usage == 2 || res->tlsa[i].usage == 3) &&
+            res->tlsa[i].too_long) {
+            /* Never authenticate less than the domain asks for. */
+            str_printf(why, sizeof(why),
+                       "a TLSA record of _%u._tcp.%s is too long to use "
+                       "(over %d bytes)",
+                       a->port, a->host, DNSL_TLSA_DATA_MAX);
+            conn_addr_failed(cn, a, why);
+            return;
+        }
     conn_connect(cn, a, res);
 }
 
@@ -1385,6 +1399,7 @@ static void conn_try_next(struct conn *cn)
          * failure; the job goes back to wait for a connection. */
         conn_give_back(cn);
         conn_free(cn);
+        wake_parked(d); /* an idle connection there may take it now */
         return;
     }
     if (a == NULL) {
@@ -1552,7 +1567,8 @@ void dest_kick(struct queue *q, struct dest *d)
     }
     const struct conf_dest *dc = dest_conf(q, d);
     int64_t until;
-    if (dc->limits_per == DEST_PER_DOMAIN &&
+    if ((dc->limits_per == DEST_PER_DOMAIN ||
+         (dc->rcpt_limited && dc->recipient_limit == 0)) &&
         rate_left(dc, &d->rw, now, &until) == 0) {
         /* The recipient limit is spent: everything waits for the next
          * window (connections up stay until their idle time ends). */
@@ -1716,6 +1732,17 @@ void queue_set_conf(struct queue *q, struct moat_conf *conf)
     /* Connections opened under the old configuration (its routes, its
      * limits) finish what they carry and close; idle ones close now. */
     q->gen++;
+    /* Jobs held by a recipient limit are weighed again under the new
+     * one (a raised or removed limit sends them now; otherwise they are
+     * held again). The heap changes as they leave: collect first. */
+    size_t nheld = 0;
+    struct job **held = xmalloc((q->nheap + 1) * sizeof(*held));
+    for (size_t i = 0; i < q->nheap; i++)
+        if (q->heap[i]->rate_held)
+            held[nheld++] = q->heap[i];
+    for (size_t i = 0; i < nheld; i++)
+        job_ready(q, held[i]);
+    free(held);
     for (size_t i = 0; i < q->hsize; i++)
         for (struct dest *d = q->htab[i]; d; d = d->hnext) {
             while (wake_parked(d)) /* each sees the new generation: QUIT */

@@ -31,6 +31,7 @@ struct job {
     enum job_state state;
     bool kill_delete;      /* admin: delete when the delivery ends */
     bool kill_bounce;      /* admin: bounce when the delivery ends */
+    bool rate_held;        /* waiting for a recipient-limit window */
     char last_error[QERR_MAX]; /* (bounce_status set: the bounce reason) */
     char bounce_status[16];    /* set: waiting to bounce, not to deliver */
 };

@@ -71,7 +71,7 @@ void smtp_cmd_starttls(struct session *s, const struct smtp_cmd *c)
         s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
         BEV_OPT_CLOSE_ON_FREE);
     if (tb == NULL) {
-        SSL_free(ssl);
+        /* libevent has freed ssl (CLOSE_ON_FREE); s->bev is untouched. */
         mlog_icid_tls_failed(s->icid, "cannot start the TLS filter");
         ss_close_after_flush(s);
         return;

@@ -230,17 +230,25 @@ def test_dane_not_for_smtp_routes(dane_env, moat_factory):
     assert not grep(moat, r"DANE")
 
 
-def test_dane_without_trust_anchor(dane_env, moat_factory):
-    """No trust anchor: DANE is unavailable; opportunistic delivers as
-    configured, mandatory defers and says why."""
-    conf = dane_conf(dane_env, {_domain("ee", "o"): {"dane": "opportunistic"},
-                                _domain("ee", "m"): {"dane": "mandatory"}})
+def test_dane_without_trust_anchor_refused(dane_env, moat_factory):
+    """dane set and no trust anchor at all: moatd -t, start-up and commit
+    refuse the configuration, naming the destination."""
+    conf = dane_conf(dane_env, {_domain("ee", "o"): {"dane": "opportunistic"}})
     conf["resolver"]["trust_anchors"] = []
-    moat = moat_factory(conf)
-    a = submit(moat, "s@src.example", "u@" + _domain("ee", "o"))
-    b = submit(moat, "s@src.example", "u@" + _domain("ee", "m"))
-    assert wait_until(lambda: grep(moat, r"Message done DCID \d+ MID %d " % a)
-                      and grep(moat, r"Delayed: DCID \d+ MID %d " % b), timeout=20), \
-        moat.report(40)
-    assert grep(moat, r"DANE is mandatory: DANE unavailable: resolver: no DNSSEC "
-                      r"trust anchor")
+    moat = moat_factory(conf, start=False)
+    r = subprocess.run([moat.moatd_bin, "-t", "-c", str(moat.conf_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert re.search(r"destination o\.ee\.dane\.example: dane needs a DNSSEC trust "
+                     r"anchor", r.stderr), r.stderr
+    # A running moatd keeps its configuration when a commit adds it.
+    good = dane_conf(dane_env, {})
+    moat.configure(good)
+    moat.start()
+    moat.configure(conf)
+    r = moat.ctl("commit")
+    assert r.returncode != 0 and "dane needs a DNSSEC trust anchor" in r.stdout + r.stderr
+    conf["resolver"]["trust_anchor_file"] = "/nonexistent/root.key"
+    moat.configure(conf)
+    r = moat.ctl("commit")
+    assert r.returncode != 0 and "/nonexistent/root.key: No such file" in r.stdout + r.stderr

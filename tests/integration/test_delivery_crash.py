@@ -99,7 +99,13 @@ def test_kill9_during_delivery_loses_nothing(moat_factory, sinks):
     t0 = time.monotonic()
     for f in feeders:
         f.start()
-    assert sink.wait_for(KILL_AFTER, 30), "only %d delivered" % len(sink.messages)
+    # Distinct messages, not transactions: a recipient deferred once comes
+    # back in a transaction of its own, so transactions run ahead of the
+    # messages moat had accepted (by 19 in one loaded run).
+    def distinct():
+        return len({t.message["Message-ID"] for t in sink.messages})
+    assert sink.wait_until(lambda: distinct() >= KILL_AFTER, 30), \
+        "only %d delivered" % distinct()
     moat.kill9()
     t_kill = time.time()
     took = time.monotonic() - t0
@@ -111,7 +117,9 @@ def test_kill9_during_delivery_loses_nothing(moat_factory, sinks):
     accepted = {}
     for f in feeders:
         accepted.update(f.accepted)
-    assert len(accepted) >= KILL_AFTER
+    # Each message at the sink was accepted first; the feeders may not
+    # have read the last few 250 replies when the kill came.
+    assert len(accepted) >= KILL_AFTER - CONCURRENCY
     at_kill = len(sink.messages)
 
     moat.start()

@@ -13,7 +13,7 @@ import time
 
 from conftest import Bare
 from delivery_fixtures import (  # noqa: F401  (fixtures)
-    Submitter, delivery_conf, grep, message, sinks, wait_queue_empty,
+    Submitter, delivery_conf, grep, message, sinks, submit, wait_queue_empty,
     wait_until)
 
 SENDER = "sender@src.example"
@@ -111,6 +111,44 @@ def test_recipient_limit_counts_per_domain(moat_factory, sinks):
     assert got == ["u@a.dst.example", "u@b.dst.example", "u@free.example",
                    "u@free.example"], got
     assert len(grep(moat, r"^Message \d+ to RID \[0\] pending till ")) == 1
+
+
+def test_commit_releases_held_recipients(moat_factory, sinks):
+    """Recipients held by a recipient limit are weighed again at a commit:
+    with the limit removed they go at once, not when the window ends."""
+    sink = sinks()
+    conf = delivery_conf({"dst.example": [sink.hostport]},
+                         delivery={"suspended": True},
+                         destinations={"dst.example": {
+                             "recipient_limit": 1, "recipient_period": Bare("60min")}})
+    moat = moat_factory(conf)
+    with Submitter(moat) as s:
+        for i in range(3):
+            s.send(SENDER, "r%d@dst.example" % i, message("held %d" % i))
+    _release(moat, conf)
+    assert sink.wait_for(1, T)
+    assert wait_until(lambda: len(grep(moat, r"pending till")) >= 2, timeout=T)
+    assert len(sink.messages) == 1
+    del conf["destination", "dst.example"]["recipient_limit"]
+    moat.configure(conf)
+    assert moat.ctl("commit").returncode == 0
+    assert sink.wait_for(3, T)
+    wait_queue_empty(moat)
+
+
+def test_recipient_limit_zero_opens_nothing(moat_factory, sinks):
+    """recipient_limit = 0 (the appliance allows it): nothing is sent and,
+    per MX IP too, no connection is opened just to hold the mail."""
+    sink = sinks()
+    conf = delivery_conf({"dst.example": [sink.hostport]},
+                         destinations={"dst.example": {
+                             "recipient_limit": 0, "limits_per": "mx_ip",
+                             "recipient_period": Bare("2s")}})
+    moat = moat_factory(conf)
+    submit(moat, SENDER, "r@dst.example")
+    time.sleep(3)
+    assert sink.connection_count == 0
+    assert grep(moat, r"^Message \d+ to RID \[0\] pending till ")
 
 
 def _peak_per_sink(sink_list, n, timeout=T):

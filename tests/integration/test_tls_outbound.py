@@ -377,3 +377,32 @@ def test_server_injection_after_220(moat_factory, sinks):
     assert len(grep(moat, r"TLS failed: the server sent data after its 220 reply "
                           r"to STARTTLS$")) == 2
     assert sink.messages == []
+
+
+def test_commit_while_connecting_keeps_tls_context(moat_factory, sinks):
+    """A commit replaces the TLS client context while a connection is
+    still waiting for its greeting: that connection keeps its own
+    reference and starts its handshake with it after the commit (an ASan
+    build would catch a freed context)."""
+    slow = sinks(capabilities=("PIPELINING", "STARTTLS"))
+    slow.on("CONNECT", delay=1.5)
+    slow.on("STARTTLS", "220 2.0.0 Ready", action="reply_close")
+    conf = delivery_conf({"slow.example": slow.hostport},
+                         destinations={"slow.example": {"tls": "preferred"}},
+                         profiles={"Default": {"initial_retry": 3600,
+                                               "max_retry_timeout": 3600}})
+    moat = moat_factory(conf)
+    mid = submit(moat, "s@src.example", "u@slow.example")
+    assert wait_until(lambda: slow.connection_count == 1, timeout=10)
+    conf["delivery"]["tls_ciphers"] = "HIGH:!aNULL"
+    moat.configure(conf)
+    r = moat.ctl("commit")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert wait_until(lambda: grep(moat, r"Delayed: DCID \d+ MID %d " % mid),
+                      timeout=20), moat.report(40)
+    # The handshake began after the commit, with the old context.
+    lines = moat.log_lines()
+    commit = max(i for i, ln in enumerate(lines) if "committed" in ln)
+    failed = [i for i, ln in enumerate(lines)
+              if ln.endswith("TLS failed: connection closed during the TLS handshake")]
+    assert failed and failed[0] > commit, lines[-20:]
