@@ -20,7 +20,7 @@
  * same on both ends) with backslash escapes as Python has them (an
  * unknown escape keeps its backslash, so "\." and "\\." both give \.).
  * `#` starts a comment to the end of the line; a line holding only `.`
- * (how the appliance's CLI ends a filter) is accepted between filters.
+ * (how the appliance's CLI ends a filter) is skipped wherever it stands.
  *
  * Every error names line and column. Pure: no I/O but the text given.
  */
@@ -35,6 +35,8 @@
 #define FILTER_MAX_ARGS 4
 #define FILTER_MAX_DEPTH 32      /* nesting of expressions and ifs */
 #define FILTER_STRING_MAX 4096   /* bytes of one string literal */
+#define FILTER_MAX_NODES 2000    /* rules, operators and statements in one
+                                    filter */
 
 enum filter_op { FOP_NONE, FOP_EQ, FOP_NE, FOP_LT, FOP_LE, FOP_GT, FOP_GE };
 
@@ -64,6 +66,7 @@ struct filter_rule_def {
     bool unary_ok;          /* may stand without a comparison */
     enum filter_rhs rhs;
     bool arg0_regex;        /* the first argument is a regex */
+    const char *arg_kinds;  /* per argument: 's' string, 'n' number */
 };
 
 struct filter_expr {

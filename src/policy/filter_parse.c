@@ -19,28 +19,28 @@
 /* ---- the tables ---- */
 
 static const struct filter_rule_def rules[] = {
-    {"true", 0, 0, true, FR_NONE, false},
-    {"valid", 0, 0, true, FR_NONE, false},
-    {"subject", 0, 0, false, FR_REGEX, false},
-    {"mail-from", 0, 0, false, FR_REGEX, false},
-    {"rcpt-to", 0, 0, false, FR_REGEX, false},
-    {"sendergroup", 0, 0, false, FR_REGEX, false},
-    {"attachment-filename", 0, 0, false, FR_REGEX, false},
-    {"attachment-type", 0, 0, false, FR_REGEX, false},
-    {"body-size", 0, 0, false, FR_NUMBER, false},
-    {"attachment-size", 0, 0, false, FR_NUMBER, false},
-    {"rcpt-count", 0, 0, false, FR_NUMBER, false},
-    {"header", 1, 1, true, FR_REGEX, false},
-    {"body-contains", 1, 2, true, FR_NONE, true},
-    {"only-body-contains", 1, 2, true, FR_NONE, true},
-    {"remote-ip", 0, 0, false, FR_HOSTS, false},
-    {"recv-listener", 0, 0, false, FR_NAME, false},
-    {"recv-int", 0, 0, false, FR_NAME, false},
-    {"smtp-auth-id-matches", 1, 2, true, FR_NONE, false},
-    {"header-repeats", 2, 3, true, FR_NONE, false},
-    {"date", 0, 0, false, FR_DATE, false},
-    {"dnslist", 1, 1, true, FR_ADDR, false},
-    {"random", 1, 1, true, FR_NUMBER, false},
+    {"true", 0, 0, true, FR_NONE, false, ""},
+    {"valid", 0, 0, true, FR_NONE, false, ""},
+    {"subject", 0, 0, false, FR_REGEX, false, ""},
+    {"mail-from", 0, 0, false, FR_REGEX, false, ""},
+    {"rcpt-to", 0, 0, false, FR_REGEX, false, ""},
+    {"sendergroup", 0, 0, false, FR_REGEX, false, ""},
+    {"attachment-filename", 0, 0, false, FR_REGEX, false, ""},
+    {"attachment-type", 0, 0, false, FR_REGEX, false, ""},
+    {"body-size", 0, 0, false, FR_NUMBER, false, ""},
+    {"attachment-size", 0, 0, false, FR_NUMBER, false, ""},
+    {"rcpt-count", 0, 0, false, FR_NUMBER, false, ""},
+    {"header", 1, 1, true, FR_REGEX, false, "s"},
+    {"body-contains", 1, 2, true, FR_NONE, true, "sn"},
+    {"only-body-contains", 1, 2, true, FR_NONE, true, "sn"},
+    {"remote-ip", 0, 0, false, FR_HOSTS, false, ""},
+    {"recv-listener", 0, 0, false, FR_NAME, false, ""},
+    {"recv-int", 0, 0, false, FR_NAME, false, ""},
+    {"smtp-auth-id-matches", 1, 2, true, FR_NONE, false, "ss"},
+    {"header-repeats", 2, 3, true, FR_NONE, false, "sns"},
+    {"date", 0, 0, false, FR_DATE, false, ""},
+    {"dnslist", 1, 1, true, FR_ADDR, false, "s"},
+    {"random", 1, 1, true, FR_NUMBER, false, "n"},
 };
 
 static const struct filter_action_def actions[] = {
@@ -104,7 +104,12 @@ struct lexer {
     size_t errlen;
     bool failed;
     unsigned depth;
+    unsigned nodes; /* in the current filter */
 };
+
+/* One more node of the current filter's tree; false (reported) over
+ * FILTER_MAX_NODES, which bounds every recursion over the tree. */
+static bool node(struct lexer *lx, unsigned line, unsigned col);
 
 static void lx_error_at(struct lexer *lx, unsigned line, unsigned col,
                         const char *fmt, ...) MOAT_PRINTF(4, 5);
@@ -187,6 +192,13 @@ static void lex_string(struct lexer *lx)
         }
         if (ch == '\\' && lx->p + 1 < lx->end) {
             char e = lx->p[1];
+            if (e == '\0' || e == '\n' || e == '\r') {
+                lx_error_at(lx, lx->line, lx->col,
+                            "a backslash before a line end or NUL in a "
+                            "string");
+                buf_free(&b);
+                return;
+            }
             adv(lx);
             adv(lx);
             switch (e) {
@@ -325,6 +337,15 @@ static void next(struct lexer *lx)
     lx->t = T_EOF;
 }
 
+static bool node(struct lexer *lx, unsigned line, unsigned col)
+{
+    if (++lx->nodes <= FILTER_MAX_NODES)
+        return true;
+    lx_error_at(lx, line, col, "filter longer than %d rules, operators and "
+                               "actions", FILTER_MAX_NODES);
+    return false;
+}
+
 static bool is_kw(const struct lexer *lx, const char *kw)
 {
     return lx->t == T_IDENT && lx->text && strcasecmp(lx->text, kw) == 0;
@@ -406,14 +427,21 @@ static void *compile_re(struct lexer *lx, const struct filter_value *v)
     return re;
 }
 
-/* "MM/DD/YYYY hh:mm:ss", local time. */
+/* "MM/DD/YYYY hh:mm:ss", local time; a date that does not exist
+ * (02/31) is refused. */
 static bool parse_date(const char *s, int64_t *out)
 {
-    struct tm tm = {0};
-    char tail;
-    if (sscanf(s, "%2d/%2d/%4d %2d:%2d:%2d%c", &tm.tm_mon, &tm.tm_mday,
-               &tm.tm_year, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &tail) != 6)
+    static const char shape[] = "dd/dd/dddd dd:dd:dd";
+    if (strlen(s) != sizeof(shape) - 1)
         return false;
+    for (size_t i = 0; shape[i]; i++)
+        if (shape[i] == 'd' ? !isdigit((unsigned char)s[i]) : s[i] != shape[i])
+            return false;
+    struct tm tm = {0};
+    if (sscanf(s, "%2d/%2d/%4d %2d:%2d:%2d", &tm.tm_mon, &tm.tm_mday,
+               &tm.tm_year, &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+        return false;
+    int mon = tm.tm_mon, mday = tm.tm_mday;
     if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 ||
         tm.tm_mday > 31 || tm.tm_year < 1970 || tm.tm_hour > 23 ||
         tm.tm_min > 59 || tm.tm_sec > 60)
@@ -422,7 +450,7 @@ static bool parse_date(const char *s, int64_t *out)
     tm.tm_year -= 1900;
     tm.tm_isdst = -1;
     time_t t = mktime(&tm);
-    if (t == (time_t)-1)
+    if (t == (time_t)-1 || tm.tm_mon != mon - 1 || tm.tm_mday != mday)
         return false;
     *out = (int64_t)t;
     return true;
@@ -535,6 +563,8 @@ static struct filter_expr *parse_rule(struct lexer *lx)
         lx_error_at(lx, lx->tline, lx->tcol, "unknown rule '%s'", lx->text);
         return NULL;
     }
+    if (!node(lx, lx->tline, lx->tcol))
+        return NULL;
     struct filter_expr *e = xcalloc(1, sizeof(*e));
     e->kind = FE_RULE;
     e->rule = d;
@@ -551,13 +581,24 @@ static struct filter_expr *parse_rule(struct lexer *lx)
             if (!take_value(lx, &e->args[e->nargs]))
                 break;
             e->nargs++;
-            if (lx->t == T_COMMA)
+            if (lx->t == T_COMMA) {
                 next(lx);
-            else if (lx->t != T_RPAREN)
+                if (lx->t == T_RPAREN)
+                    lx_error_at(lx, lx->tline, lx->tcol,
+                                "expected an argument after ','");
+            } else if (lx->t != T_RPAREN) {
                 expect(lx, T_RPAREN, "',' or ')'");
+            }
         }
         if (!lx->failed)
             next(lx); /* ')' */
+    }
+    for (size_t i = 0; !lx->failed && i < e->nargs && d->arg_kinds[i]; i++) {
+        bool num = d->arg_kinds[i] == 'n';
+        if (num != (e->args[i].kind == FV_NUMBER))
+            lx_error_at(lx, e->args[i].line, e->args[i].col,
+                        "argument %zu of %s is %s", i + 1, d->name,
+                        num ? "a number" : "a quoted string");
     }
     if (!lx->failed && (e->nargs < d->args_min || e->nargs > d->args_max)) {
         if (d->args_min == d->args_max)
@@ -596,7 +637,7 @@ static struct filter_expr *parse_factor(struct lexer *lx)
     if (is_kw(lx, "not")) {
         unsigned line = lx->tline, col = lx->tcol;
         next(lx);
-        struct filter_expr *a = parse_factor(lx);
+        struct filter_expr *a = node(lx, line, col) ? parse_factor(lx) : NULL;
         if (a) {
             e = xcalloc(1, sizeof(*e));
             e->kind = FE_NOT;
@@ -626,7 +667,9 @@ static struct filter_expr *parse_binary(struct lexer *lx, bool is_or)
         unsigned line = lx->tline, col = lx->tcol;
         next(lx);
         struct filter_expr *b =
-            is_or ? parse_binary(lx, false) : parse_factor(lx);
+            !node(lx, line, col) ? NULL
+            : is_or              ? parse_binary(lx, false)
+                                 : parse_factor(lx);
         if (b == NULL) {
             expr_free(e);
             return NULL;
@@ -658,7 +701,7 @@ static void stmt_free(struct filter_stmt *s)
         pcre2_code_free(s->re);
         expr_free(s->cond);
         stmt_free(s->then_);
-        stmt_free(s->else_);
+        stmt_free(s->else_); /* bounded: ifs count toward the depth */
         free(s);
         s = n;
     }
@@ -669,6 +712,13 @@ static struct filter_stmt *parse_block(struct lexer *lx);
 static struct filter_stmt *parse_if(struct lexer *lx, unsigned line,
                                     unsigned col)
 {
+    if (!node(lx, line, col))
+        return NULL;
+    if (++lx->depth > FILTER_MAX_DEPTH) {
+        lx_error_at(lx, line, col, "nested more than %d deep",
+                    FILTER_MAX_DEPTH);
+        return NULL;
+    }
     struct filter_stmt *s = xcalloc(1, sizeof(*s));
     s->kind = FS_IF;
     s->line = line;
@@ -686,6 +736,7 @@ static struct filter_stmt *parse_if(struct lexer *lx, unsigned line,
             s->else_ = parse_block(lx);
         }
     }
+    lx->depth--;
     if (lx->failed) {
         stmt_free(s);
         return NULL;
@@ -700,6 +751,8 @@ static struct filter_stmt *parse_action(struct lexer *lx)
         lx_error_at(lx, lx->tline, lx->tcol, "unknown action '%s'", lx->text);
         return NULL;
     }
+    if (!node(lx, lx->tline, lx->tcol))
+        return NULL;
     struct filter_stmt *s = xcalloc(1, sizeof(*s));
     s->kind = FS_ACTION;
     s->action = d;
@@ -719,10 +772,14 @@ static struct filter_stmt *parse_action(struct lexer *lx)
                 break;
             }
             take_value(lx, &s->args[s->nargs++]);
-            if (lx->t == T_COMMA)
+            if (lx->t == T_COMMA) {
                 next(lx);
-            else if (lx->t != T_RPAREN)
+                if (lx->t == T_RPAREN)
+                    lx_error_at(lx, lx->tline, lx->tcol,
+                                "expected an argument after ','");
+            } else if (lx->t != T_RPAREN) {
                 expect(lx, T_RPAREN, "',' or ')'");
+            }
         }
         if (!lx->failed)
             next(lx);
@@ -830,6 +887,7 @@ bool filter_parse(const char *file, const char *text, size_t len,
             break;
         }
         struct filter f = {.line = lx.tline, .col = lx.tcol, .active = true};
+        lx.nodes = 0;
         if (lx.tlen > FILTER_NAME_MAX) {
             lx_error_at(&lx, f.line, f.col, "filter name longer than %d",
                         FILTER_NAME_MAX);
@@ -866,7 +924,13 @@ bool filter_parse(const char *file, const char *text, size_t len,
             f.then_ = parse_block(&lx);
         if (!lx.failed && is_kw(&lx, "else")) {
             next(&lx);
-            f.else_ = parse_block(&lx);
+            if (is_kw(&lx, "if")) {
+                unsigned l2 = lx.tline, c2 = lx.tcol;
+                next(&lx);
+                f.else_ = parse_if(&lx, l2, c2);
+            } else {
+                f.else_ = parse_block(&lx);
+            }
         }
         if (!lx.failed && lx.t == T_SEMI)
             next(&lx); /* "};" as some exports write */

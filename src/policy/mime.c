@@ -22,27 +22,53 @@ static bool line_at(const char *msg, size_t len, size_t off, size_t *end,
     return true;
 }
 
-/* The fields of a header block that parts need. */
+/* The fields of a header block that parts need (unfolded, trimmed). */
 struct part_fields {
-    char ctype[1024];
-    char disp[1024];
-    char cte[64];
+    char *ctype, *disp, *cte; /* NULL: not there */
+    bool cut;                 /* a value was longer than MIME_VALUE_MAX */
 };
 
-/* Unfolded value of a field spanning [voff, vend) (continuation lines
- * included), into out (bounded), leading blanks dropped. */
-static void unfold(const char *msg, size_t voff, size_t vend, struct buf *out)
+static void fields_free(struct part_fields *pf)
 {
-    bool lead = true;
-    for (size_t i = voff; i < vend && out->len < MIME_VALUE_MAX; i++) {
+    free(pf->ctype);
+    free(pf->disp);
+    free(pf->cte);
+}
+
+static const char *fv(const char *v)
+{
+    return v ? v : "";
+}
+
+/* Unfolded value of a field spanning [voff, vend) (continuation lines
+ * included), NUL-terminated, leading and trailing blanks dropped. False
+ * when it was cut (over MIME_VALUE_MAX) or held a NUL (kept as a space):
+ * the message is then not valid. */
+static bool unfold(const char *msg, size_t voff, size_t vend, struct buf *out)
+{
+    bool lead = true, ok = true;
+    for (size_t i = voff; i < vend; i++) {
         char ch = msg[i];
         if (ch == '\r' || ch == '\n')
             continue;
         if (lead && (ch == ' ' || ch == '\t'))
             continue;
+        if (out->len >= MIME_VALUE_MAX) {
+            ok = false;
+            break;
+        }
         lead = false;
+        if (ch == '\0') {
+            ch = ' ';
+            ok = false;
+        }
         buf_putc(out, ch);
     }
+    while (out->len && (out->data[out->len - 1] == ' ' ||
+                        out->data[out->len - 1] == '\t'))
+        out->len--;
+    buf_putc(out, '\0');
+    return ok;
 }
 
 /* Walk a header block from off. For each field calls fn (name, value
@@ -108,13 +134,9 @@ static void top_field(void *arg, const char *msg, size_t noff, size_t nlen,
     struct mime_header *h = &m->headers[m->nheaders++];
     h->name = xstrndup(msg + noff, nlen);
     struct buf b = {0};
-    unfold(msg, voff, vend, &b);
-    buf_putc(&b, '\0');
+    if (!unfold(msg, voff, vend, &b))
+        m->valid = false;
     h->value = b.data;
-    /* Trailing blanks are not part of the value. */
-    size_t vl = strlen(h->value);
-    while (vl && (h->value[vl - 1] == ' ' || h->value[vl - 1] == '\t'))
-        h->value[--vl] = '\0';
     h->off = foff;
     h->len = fend - foff;
 }
@@ -125,77 +147,166 @@ static void part_field(void *arg, const char *msg, size_t noff, size_t nlen,
     struct part_fields *pf = arg;
     (void)foff;
     (void)fend;
-    char *dst = NULL;
-    size_t cap = 0;
-    if (nlen == 12 && strncasecmp(msg + noff, "Content-Type", 12) == 0) {
-        dst = pf->ctype;
-        cap = sizeof(pf->ctype);
-    } else if (nlen == 19 &&
-               strncasecmp(msg + noff, "Content-Disposition", 19) == 0) {
-        dst = pf->disp;
-        cap = sizeof(pf->disp);
-    } else if (nlen == 25 &&
-               strncasecmp(msg + noff, "Content-Transfer-Encoding", 25) == 0) {
-        dst = pf->cte;
-        cap = sizeof(pf->cte);
-    }
-    if (dst == NULL || dst[0])
+    char **dst = NULL;
+    if (nlen == 12 && strncasecmp(msg + noff, "Content-Type", 12) == 0)
+        dst = &pf->ctype;
+    else if (nlen == 19 &&
+             strncasecmp(msg + noff, "Content-Disposition", 19) == 0)
+        dst = &pf->disp;
+    else if (nlen == 25 &&
+             strncasecmp(msg + noff, "Content-Transfer-Encoding", 25) == 0)
+        dst = &pf->cte;
+    if (dst == NULL || *dst)
         return; /* another field, or the first of two wins */
     struct buf b = {0};
-    unfold(msg, voff, vend, &b);
-    buf_putc(&b, '\0');
-    str_copy(dst, cap, b.data);
-    buf_free(&b);
+    if (!unfold(msg, voff, vend, &b))
+        pf->cut = true;
+    *dst = b.data;
 }
 
-/* A parameter of a structured field ("boundary", "filename"), unquoted,
- * into out; RFC 2231 "name*=charset''pct%20encoded" too. */
-static bool param(const char *v, const char *name, char *out, size_t outlen)
+/* Percent-decode an RFC 2231 extended value (after charset''lang). */
+static void pct_decode(const char *v, size_t n, struct buf *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '%' && i + 2 < n && isxdigit((unsigned char)v[i + 1]) &&
+            isxdigit((unsigned char)v[i + 2])) {
+            char hx[3] = {v[i + 1], v[i + 2], 0};
+            buf_putc(out, (char)strtol(hx, NULL, 16));
+            i += 2;
+        } else {
+            buf_putc(out, v[i]);
+        }
+    }
+}
+
+/* A parameter of a structured field value ("type/sub; a=b; c="d;e"")
+ * into out (NUL-terminated): name=value, name="quoted", the RFC 2231
+ * forms name*=charset''pct and continuations name*0=, name*1*=, ...
+ * Quoted strings and comments are skipped whole, so a ';' or a name
+ * inside them is not a parameter. False if absent. */
+static bool param(const char *v, const char *name, struct buf *out)
 {
     size_t nl = strlen(name);
-    const char *p = strchr(v, ';');
-    while (p) {
+    buf_reset(out);
+    struct seg {
+        int idx;
+        bool ext;
+        char *val;
+    } segs[32];
+    size_t nseg = 0;
+    const char *plain = NULL; /* name= */
+    size_t plain_len = 0;
+    bool have_plain = false, have_ext = false;
+    char *ext_val = NULL;
+    const char *p = v;
+    /* Skip the media type (or disposition) up to the first ';'. */
+    while (*p && *p != ';')
+        p++;
+    while (*p == ';') {
         p++;
         while (*p == ' ' || *p == '\t')
             p++;
-        bool ext = false;
-        if (strncasecmp(p, name, nl) == 0 &&
-            (p[nl] == '=' || (p[nl] == '*' && p[nl + 1] == '='))) {
-            ext = p[nl] == '*';
-            p += nl + (ext ? 2 : 1);
-            size_t o = 0;
-            if (*p == '"') {
-                for (p++; *p && *p != '"' && o + 1 < outlen; p++) {
-                    if (*p == '\\' && p[1])
-                        p++;
-                    out[o++] = *p;
-                }
-            } else if (ext) {
-                const char *q = strstr(p, "''");
-                if (q && q < p + strcspn(p, ";"))
-                    p = q + 2; /* charset and language skipped */
-                for (; *p && *p != ';' && *p != ' ' && o + 1 < outlen; p++) {
-                    if (*p == '%' && isxdigit((unsigned char)p[1]) &&
-                        isxdigit((unsigned char)p[2])) {
-                        char hx[3] = {p[1], p[2], 0};
-                        out[o++] = (char)strtol(hx, NULL, 16);
-                        p += 2;
-                    } else {
-                        out[o++] = *p;
-                    }
-                }
-            } else {
-                for (; *p && *p != ';' && *p != ' ' && *p != '\t' &&
-                       o + 1 < outlen;
-                     p++)
-                    out[o++] = *p;
-            }
-            out[o] = '\0';
-            return true;
+        const char *k = p;
+        while (*p && *p != '=' && *p != ';' && *p != ' ' && *p != '\t')
+            p++;
+        size_t klen = (size_t)(p - k);
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p != '=') {
+            while (*p && *p != ';')
+                p++;
+            continue;
         }
-        p = strchr(p, ';');
+        p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        struct buf val = {0};
+        bool quoted = *p == '"';
+        if (quoted) {
+            for (p++; *p && *p != '"'; p++) {
+                if (*p == '\\' && p[1])
+                    p++;
+                buf_putc(&val, *p);
+            }
+            if (*p == '"')
+                p++;
+        } else {
+            while (*p && *p != ';' && *p != ' ' && *p != '\t' && *p != '(')
+                buf_putc(&val, *p++);
+        }
+        /* Whatever follows up to the next ';' (blanks, a comment). */
+        int paren = 0;
+        while (*p && (*p != ';' || paren)) {
+            if (*p == '(')
+                paren++;
+            else if (*p == ')' && paren)
+                paren--;
+            else if (*p == '\\' && p[1])
+                p++;
+            p++;
+        }
+        buf_putc(&val, '\0');
+        bool used = false;
+        if (klen == nl && strncasecmp(k, name, nl) == 0 && !have_plain) {
+            have_plain = true;
+            plain = val.data;
+            plain_len = val.len - 1;
+            used = true;
+        } else if (klen == nl + 1 && strncasecmp(k, name, nl) == 0 &&
+                   k[nl] == '*' && !have_ext) {
+            have_ext = true;
+            ext_val = val.data;
+            used = true;
+        } else if (klen > nl + 1 && strncasecmp(k, name, nl) == 0 &&
+                   k[nl] == '*' && isdigit((unsigned char)k[nl + 1]) &&
+                   nseg < ARRAY_LEN(segs)) {
+            int idx = 0;
+            size_t q = nl + 1;
+            while (q < klen && isdigit((unsigned char)k[q]) && idx < 1000)
+                idx = idx * 10 + (k[q++] - '0');
+            bool ext = q < klen && k[q] == '*';
+            segs[nseg++] = (struct seg){idx, ext, val.data};
+            used = true;
+        }
+        if (!used)
+            buf_free(&val);
     }
-    return false;
+    bool found = false;
+    if (have_ext && ext_val) {
+        const char *q = strstr(ext_val, "''");
+        const char *d = q ? q + 2 : ext_val;
+        pct_decode(d, strlen(d), out);
+        found = true;
+    } else if (nseg > 0) {
+        /* Continuations in index order; the first may carry charset''. */
+        for (int want = 0; want < 1000; want++) {
+            size_t k2 = 0;
+            while (k2 < nseg && segs[k2].idx != want)
+                k2++;
+            if (k2 == nseg)
+                break;
+            const char *d = segs[k2].val;
+            if (segs[k2].ext) {
+                if (want == 0) {
+                    const char *q = strstr(d, "''");
+                    d = q ? q + 2 : d;
+                }
+                pct_decode(d, strlen(d), out);
+            } else {
+                buf_append(out, d, strlen(d));
+            }
+        }
+        found = true;
+    } else if (have_plain) {
+        buf_append(out, plain, plain_len);
+        found = true;
+    }
+    free((char *)plain);
+    free(ext_val);
+    for (size_t k2 = 0; k2 < nseg; k2++)
+        free(segs[k2].val);
+    buf_putc(out, '\0');
+    return found;
 }
 
 /* "Text/HTML; charset=x" -> "text/html". */
@@ -212,6 +323,8 @@ static void media_type(const char *v, char *out, size_t outlen)
 static void add_leaf(struct mime_msg *m, const struct part_fields *pf,
                      size_t body_off, size_t body_len, unsigned depth)
 {
+    if (pf->cut)
+        m->valid = false;
     if (m->nparts >= MIME_MAX_PARTS) {
         m->valid = false;
         return;
@@ -219,19 +332,21 @@ static void add_leaf(struct mime_msg *m, const struct part_fields *pf,
     m->parts = xgrow(m->parts, &m->pcap, m->nparts + 1, sizeof(*m->parts));
     struct mime_part *p = &m->parts[m->nparts++];
     memset(p, 0, sizeof(*p));
-    media_type(pf->ctype, p->type, sizeof(p->type));
-    if (!param(pf->disp, "filename", p->filename, sizeof(p->filename)))
-        param(pf->ctype, "name", p->filename, sizeof(p->filename));
-    bool disp_att = strncasecmp(pf->disp, "attachment", 10) == 0;
+    media_type(fv(pf->ctype), p->type, sizeof(p->type));
+    struct buf fn = {0};
+    if (!param(fv(pf->disp), "filename", &fn))
+        param(fv(pf->ctype), "name", &fn);
+    p->filename = fn.data;
+    bool disp_att = strncasecmp(fv(pf->disp), "attachment", 10) == 0;
     p->attachment = disp_att || p->filename[0] ||
                     (depth > 0 && strncmp(p->type, "text/", 5) != 0);
-    if (strcasecmp(pf->cte, "base64") == 0)
+    const char *cte = fv(pf->cte);
+    if (strcasecmp(cte, "base64") == 0)
         p->cte = MIME_BASE64;
-    else if (strcasecmp(pf->cte, "quoted-printable") == 0)
+    else if (strcasecmp(cte, "quoted-printable") == 0)
         p->cte = MIME_QP;
-    else if (pf->cte[0] == '\0' || strcasecmp(pf->cte, "7bit") == 0 ||
-             strcasecmp(pf->cte, "8bit") == 0 ||
-             strcasecmp(pf->cte, "binary") == 0)
+    else if (cte[0] == '\0' || strcasecmp(cte, "7bit") == 0 ||
+             strcasecmp(cte, "8bit") == 0 || strcasecmp(cte, "binary") == 0)
         p->cte = MIME_7BIT;
     else
         p->cte = MIME_OTHER;
@@ -264,18 +379,33 @@ static void walk(struct mime_msg *m, const char *msg, size_t off, size_t end,
                  const struct part_fields *pf, unsigned depth)
 {
     char type[128];
-    media_type(pf->ctype, type, sizeof(type));
-    char b[256];
+    media_type(fv(pf->ctype), type, sizeof(type));
+    if (pf->cut)
+        m->valid = false;
+    if (strcmp(type, "message/rfc822") == 0 && depth < MIME_MAX_DEPTH) {
+        /* A forwarded message: its parts are looked at too. */
+        struct part_fields sub = {0};
+        bool bad = false;
+        size_t body = header_block(msg, end, off, part_field, &sub, &bad);
+        if (bad)
+            m->valid = false;
+        walk(m, msg, body, end < body ? body : end, &sub, depth + 1);
+        fields_free(&sub);
+        return;
+    }
     if (strncmp(type, "multipart/", 10) != 0) {
         add_leaf(m, pf, off, end - off, depth);
         return;
     }
-    if (!param(pf->ctype, "boundary", b, sizeof(b)) || b[0] == '\0' ||
-        depth >= MIME_MAX_DEPTH) {
+    struct buf bb = {0};
+    if (!param(fv(pf->ctype), "boundary", &bb) || bb.data[0] == '\0' ||
+        bb.len - 1 > 70 || depth >= MIME_MAX_DEPTH) {
+        buf_free(&bb);
         m->valid = false;
         add_leaf(m, pf, off, end - off, depth); /* taken as one blob */
         return;
     }
+    const char *b = bb.data;
     size_t blen = strlen(b);
     size_t le, next, start = 0; /* start: a part's first byte, 0 = none */
     bool closed = false, any = false;
@@ -297,6 +427,7 @@ static void walk(struct mime_msg *m, const char *msg, size_t off, size_t end,
             if (bad)
                 m->valid = false;
             walk(m, msg, body, pend < body ? body : pend, &sub, depth + 1);
+            fields_free(&sub);
             any = true;
         }
         if (k == 2) {
@@ -313,11 +444,13 @@ static void walk(struct mime_msg *m, const char *msg, size_t off, size_t end,
             bool bad = false;
             size_t body = header_block(msg, end, start, part_field, &sub, &bad);
             walk(m, msg, body, end < body ? body : end, &sub, depth + 1);
+            fields_free(&sub);
             any = true;
         }
     }
     if (!any)
         add_leaf(m, pf, off, end - off, depth);
+    buf_free(&bb);
 }
 
 void mime_parse(const char *msg, size_t len, struct mime_msg *m)
@@ -332,12 +465,13 @@ void mime_parse(const char *msg, size_t len, struct mime_msg *m)
     struct part_fields pf = {0};
     const struct mime_header *h;
     if ((h = mime_header_find(m, "Content-Type")) != NULL)
-        str_copy(pf.ctype, sizeof(pf.ctype), h->value);
+        pf.ctype = xstrdup(h->value);
     if ((h = mime_header_find(m, "Content-Disposition")) != NULL)
-        str_copy(pf.disp, sizeof(pf.disp), h->value);
+        pf.disp = xstrdup(h->value);
     if ((h = mime_header_find(m, "Content-Transfer-Encoding")) != NULL)
-        str_copy(pf.cte, sizeof(pf.cte), h->value);
+        pf.cte = xstrdup(h->value);
     walk(m, msg, body, len, &pf, 0);
+    fields_free(&pf);
 }
 
 void mime_free(struct mime_msg *m)
@@ -347,6 +481,8 @@ void mime_free(struct mime_msg *m)
         free(m->headers[i].value);
     }
     free(m->headers);
+    for (size_t i = 0; i < m->nparts; i++)
+        free(m->parts[i].filename);
     free(m->parts);
     memset(m, 0, sizeof(*m));
 }

@@ -7,7 +7,9 @@
  *
  * The parser never fails: whatever it cannot read makes the message
  * not `valid` (the `valid` rule) and the rest is taken as well as it can
- * be. Everything is bounded (MIME_MAX_*). Pure: no I/O.
+ * be; a value too long to keep whole also makes it not valid, so a
+ * padded field cannot hide a part. message/rfc822 parts are opened.
+ * Everything is bounded (MIME_MAX_*). Pure: no I/O.
  */
 #ifndef MOAT_POLICY_MIME_H
 #define MOAT_POLICY_MIME_H
@@ -29,8 +31,8 @@ struct mime_header {
 struct mime_part {
     char type[128];        /* "text/plain", lower case ("text/plain" when
                               none is given, RFC 2045 5.2) */
-    char filename[256];    /* Content-Disposition filename or Content-Type
-                              name, "" if none */
+    char *filename;        /* Content-Disposition filename or Content-Type
+                              name (RFC 2231 forms decoded), "" if none */
     bool attachment;       /* Content-Disposition: attachment, or a file
                               name, or not text */
     enum { MIME_7BIT, MIME_QP, MIME_BASE64, MIME_OTHER } cte;

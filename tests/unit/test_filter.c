@@ -131,6 +131,9 @@ static void test_corpus(void **state)
         {"a: if true { if rcpt-count > 1 { if subject == \"x\" { drop(); } "
          "else if subject == \"y\" { bounce(); } else { no-op(); } } }", 1},
         {"A-1_b: if TRUE { DROP(); }", 1},
+        {"a: if valid { no-op(); } else if true { drop(); } else { bounce(); }",
+         1},
+        {"a: if date == \"02/29/2024 00:00:00\" { no-op(); }", 1},
     };
     for (size_t i = 0; i < ARRAY_LEN(ok); i++)
         expect_ok(ok[i].text, ok[i].n);
@@ -223,6 +226,15 @@ static void test_errors(void **state)
         {"a: if true { drop(); } else drop();", "expected '{'"},
         {"a: if true { drop(); }\n  .\n@", "t.flt:3:1: unexpected '@'"},
         {"a: if subject == \"\\\" { drop(); }", "unterminated string"},
+        /* found in review */
+        {"a: if header(5) { drop(); }", "argument 1 of header is a quoted string"},
+        {"a: if random(\"x\") { drop(); }", "argument 1 of random is a number"},
+        {"a: if header(\"X\",) { drop(); }", "expected an argument after ','"},
+        {"a: if true { insert-header(\"X\", \"y\",); }",
+         "expected an argument after ','"},
+        {"a: if date > \"02/31/2024 00:00:00\" { drop(); }", "MM/DD/YYYY"},
+        {"a: if date > \"02/01/2024 -1:00:00\" { drop(); }", "MM/DD/YYYY"},
+        {"a: if subject == \"x\\\ny\" { drop(); }", "a backslash before a line end"},
         /* found by fuzz_filter: a lexing error left a freed token */
         {"cebound: if 3bounecs", "t.flt:1:13: bad number"},
     };
@@ -256,6 +268,20 @@ static void test_limits(void **state)
         buf_puts(&b, "}");
     buf_putc(&b, '\0');
     expect_error(b.data, "nested more than");
+    buf_free(&b);
+    /* Long else-if chains and and/or chains are bounded too. */
+    buf_puts(&b, "a: if true { drop(); }");
+    for (int i = 0; i < 200; i++)
+        buf_puts(&b, " else if true { drop(); }");
+    buf_putc(&b, '\0');
+    expect_error(b.data, "nested more than");
+    buf_free(&b);
+    buf_puts(&b, "a: if true");
+    for (int i = 0; i < 3000; i++)
+        buf_puts(&b, " or true");
+    buf_puts(&b, " { drop(); }");
+    buf_putc(&b, '\0');
+    expect_error(b.data, "filter longer than 2000");
     buf_free(&b);
     /* A long string is refused. */
     buf_puts(&b, "a: if subject == \"");

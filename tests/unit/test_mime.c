@@ -188,12 +188,92 @@ static void test_broken(void **state)
     buf_free(&b);
 }
 
+/* Found in review: ways to hide a part or a name from the rules. */
+static void test_evasion(void **state)
+{
+    (void)state;
+    struct mime_msg m;
+    struct buf b = {0};
+    /* A padded Content-Type keeps its boundary. */
+    buf_puts(&b, "Content-Type: multipart/mixed; x=\"");
+    for (int i = 0; i < 1100; i++)
+        buf_putc(&b, 'A');
+    buf_puts(&b, "\"; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: "
+                 "application/octet-stream; name=\"evil.exe\"\r\n\r\nMZ\r\n"
+                 "--b--\r\n");
+    buf_putc(&b, '\0');
+    parse(b.data, &m);
+    assert_int_equal(m.nparts, 1);
+    assert_string_equal(m.parts[0].filename, "evil.exe");
+    assert_true(m.parts[0].attachment);
+    mime_free(&m);
+    buf_free(&b);
+    /* A ';' and a parameter name inside a quoted string are not one. */
+    const char *t = "Content-Type: multipart/mixed; x=\"; boundary=fake\"; "
+                    "boundary=\"real\"\r\n\r\n--fake\"\r\n--real\r\n"
+                    "Content-Disposition: attachment; foo=\"x; filename=safe.txt\"; "
+                    "filename=\"evil.exe\"\r\n\r\nMZ\r\n--real--\r\n";
+    parse(t, &m);
+    assert_true(m.valid);
+    assert_int_equal(m.nparts, 1);
+    assert_string_equal(m.parts[0].filename, "evil.exe");
+    mime_free(&m);
+    /* A long file name is kept whole. */
+    buf_puts(&b, "Content-Disposition: attachment; filename=\"");
+    for (int i = 0; i < 300; i++)
+        buf_putc(&b, 'a');
+    buf_puts(&b, ".exe\"\r\n\r\nMZ\r\n");
+    buf_putc(&b, '\0');
+    parse(b.data, &m);
+    assert_int_equal(strlen(m.parts[0].filename), 304);
+    mime_free(&m);
+    buf_free(&b);
+    /* A value over MIME_VALUE_MAX makes the message not valid. */
+    buf_puts(&b, "Content-Type: text/plain; x=\"");
+    for (int i = 0; i < MIME_VALUE_MAX + 10; i++)
+        buf_putc(&b, 'A');
+    buf_puts(&b, "\"\r\n\r\nbody\r\n");
+    buf_putc(&b, '\0');
+    parse(b.data, &m);
+    assert_false(m.valid);
+    mime_free(&m);
+    buf_free(&b);
+    /* Trailing blanks after an encoding name do not hide the encoding. */
+    t = "Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n"
+        "Content-Transfer-Encoding: base64 \r\n\r\naGVsbG8=\r\n--q--\r\n";
+    parse(t, &m);
+    assert_int_equal(m.parts[0].cte, MIME_BASE64);
+    mime_free(&m);
+    /* RFC 2231 continuations. */
+    t = "Content-Disposition: attachment; filename*0=\"ev\"; "
+        "filename*1*=il%2E; filename*2=exe\r\n\r\nMZ\r\n";
+    parse(t, &m);
+    assert_string_equal(m.parts[0].filename, "evil.exe");
+    mime_free(&m);
+    /* A forwarded message's attachments are seen. */
+    t = "Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n"
+        "Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n"
+        "Content-Type: application/zip; name=in.zip\r\n\r\nPK\r\n--o--\r\n";
+    parse(t, &m);
+    assert_int_equal(m.nparts, 1);
+    assert_string_equal(m.parts[0].filename, "in.zip");
+    assert_string_equal(m.parts[0].type, "application/zip");
+    mime_free(&m);
+    /* A NUL in a field does not cut the value short. */
+    static const char nul[] = "Subject: hello\0 [SPAM]\r\n\r\nx\r\n";
+    mime_parse(nul, sizeof(nul) - 1, &m);
+    assert_false(m.valid);
+    assert_string_equal(mime_header_find(&m, "Subject")->value, "hello  [SPAM]");
+    mime_free(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_headers),
         cmocka_unit_test(test_multipart),
         cmocka_unit_test(test_broken),
+        cmocka_unit_test(test_evasion),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
