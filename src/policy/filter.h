@@ -33,10 +33,11 @@
 #define FILTER_NAME_MAX 64
 #define FILTER_MAX_FILTERS 1000
 #define FILTER_MAX_ARGS 4
-#define FILTER_MAX_DEPTH 32      /* nesting of expressions and ifs */
-#define FILTER_STRING_MAX 4096   /* bytes of one string literal */
-#define FILTER_MAX_NODES 2000    /* rules, operators and statements in one
-                                    filter */
+#define FILTER_MAX_DEPTH 32    /* nesting of expressions and ifs */
+#define FILTER_STRING_MAX 4096 /* bytes of one string literal */
+#define FILTER_MAX_NODES                                                       \
+    2000 /* rules, operators and statements in one                             \
+            filter */
 
 enum filter_op { FOP_NONE, FOP_EQ, FOP_NE, FOP_LT, FOP_LE, FOP_GT, FOP_GE };
 
@@ -44,29 +45,29 @@ enum filter_val_kind { FV_STRING, FV_NUMBER };
 
 struct filter_value {
     enum filter_val_kind kind;
-    char *s;          /* FV_STRING */
-    uint64_t n;       /* FV_NUMBER (sizes in bytes) */
+    char *s;    /* FV_STRING */
+    uint64_t n; /* FV_NUMBER (sizes in bytes) */
     unsigned line, col;
 };
 
 /* What a rule's comparison value is. */
 enum filter_rhs {
-    FR_NONE,     /* unary only */
-    FR_REGEX,    /* == / != a regex */
-    FR_NUMBER,   /* numeric comparison */
-    FR_NAME,     /* == / != a name (listener, interface) */
-    FR_HOSTS,    /* == / != a HAT address form */
-    FR_DATE,     /* compared with "MM/DD/YYYY hh:mm:ss" */
-    FR_ADDR,     /* == / != an IPv4 address (dnslist answer) */
+    FR_NONE,   /* unary only */
+    FR_REGEX,  /* == / != a regex */
+    FR_NUMBER, /* numeric comparison */
+    FR_NAME,   /* == / != a name (listener, interface) */
+    FR_HOSTS,  /* == / != a HAT address form */
+    FR_DATE,   /* compared with "MM/DD/YYYY hh:mm:ss" */
+    FR_ADDR,   /* == / != an IPv4 address (dnslist answer) */
 };
 
 struct filter_rule_def {
     const char *name;
     unsigned args_min, args_max;
-    bool unary_ok;          /* may stand without a comparison */
+    bool unary_ok; /* may stand without a comparison */
     enum filter_rhs rhs;
-    bool arg0_regex;        /* the first argument is a regex */
-    const char *arg_kinds;  /* per argument: 's' string, 'n' number */
+    bool arg0_regex;       /* the first argument is a regex */
+    const char *arg_kinds; /* per argument: 's' string, 'n' number */
 };
 
 struct filter_expr {
@@ -77,9 +78,9 @@ struct filter_expr {
     struct filter_value args[FILTER_MAX_ARGS];
     enum filter_op op;
     struct filter_value rhs;
-    void *re;          /* compiled regex (pcre2_code) of rhs or args[0] */
+    void *re;             /* compiled regex (pcre2_code) of rhs or args[0] */
     struct sg_entry host; /* FR_HOSTS */
-    int64_t when;      /* FR_DATE: seconds since the epoch, local time */
+    int64_t when;         /* FR_DATE: seconds since the epoch, local time */
     unsigned line, col;
 };
 
@@ -94,8 +95,8 @@ struct filter_stmt {
     const struct filter_action_def *action; /* FS_ACTION */
     size_t nargs;
     struct filter_value args[FILTER_MAX_ARGS];
-    void *re;                    /* edit-header-text: compiled args[1] */
-    struct filter_expr *cond;    /* FS_IF */
+    void *re;                 /* edit-header-text: compiled args[1] */
+    struct filter_expr *cond; /* FS_IF */
     struct filter_stmt *then_, *else_;
     struct filter_stmt *next;
     unsigned line, col;

@@ -3,14 +3,14 @@
  * descent parser (see filter.h). Regexes are compiled here (PCRE2), so a
  * bad pattern is a parse error with its position.
  */
-#include "policy/filter.h"
 #include "core/buf.h"
+#include "policy/filter.h"
 
 #include <ctype.h>
-#include <sys/socket.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -44,13 +44,20 @@ static const struct filter_rule_def rules[] = {
 };
 
 static const struct filter_action_def actions[] = {
-    {"strip-header", 1, 1, false},     {"insert-header", 2, 2, false},
-    {"edit-header-text", 3, 3, false}, {"add-footer", 1, 1, false},
-    {"alt-rcpt-to", 1, 1, false},      {"alt-mailhost", 1, 1, false},
-    {"bcc", 1, 4, false},              {"notify", 1, 4, false},
-    {"log-entry", 1, 1, false},        {"tag-message", 1, 1, false},
-    {"no-op", 0, 0, false},            {"skip-filters", 0, 0, true},
-    {"drop", 0, 0, true},              {"bounce", 0, 0, true},
+    {"strip-header", 1, 1, false},
+    {"insert-header", 2, 2, false},
+    {"edit-header-text", 3, 3, false},
+    {"add-footer", 1, 1, false},
+    {"alt-rcpt-to", 1, 1, false},
+    {"alt-mailhost", 1, 1, false},
+    {"bcc", 1, 4, false},
+    {"notify", 1, 4, false},
+    {"log-entry", 1, 1, false},
+    {"tag-message", 1, 1, false},
+    {"no-op", 0, 0, false},
+    {"skip-filters", 0, 0, true},
+    {"drop", 0, 0, true},
+    {"bounce", 0, 0, true},
     {"deliver", 0, 0, true},
 };
 
@@ -202,12 +209,24 @@ static void lex_string(struct lexer *lx)
             adv(lx);
             adv(lx);
             switch (e) {
-            case '\\': buf_putc(&b, '\\'); break;
-            case '\'': buf_putc(&b, '\''); break;
-            case '"': buf_putc(&b, '"'); break;
-            case 'n': buf_putc(&b, '\n'); break;
-            case 't': buf_putc(&b, '\t'); break;
-            case 'r': buf_putc(&b, '\r'); break;
+            case '\\':
+                buf_putc(&b, '\\');
+                break;
+            case '\'':
+                buf_putc(&b, '\'');
+                break;
+            case '"':
+                buf_putc(&b, '"');
+                break;
+            case 'n':
+                buf_putc(&b, '\n');
+                break;
+            case 't':
+                buf_putc(&b, '\t');
+                break;
+            case 'r':
+                buf_putc(&b, '\r');
+                break;
             default: /* kept: "\." stays \. for the regex */
                 buf_putc(&b, '\\');
                 buf_putc(&b, e);
@@ -222,8 +241,8 @@ static void lex_string(struct lexer *lx)
             adv(lx);
         }
         if (b.len > FILTER_STRING_MAX) {
-            lx_error_at(lx, lx->tline, lx->tcol,
-                        "string longer than %d bytes", FILTER_STRING_MAX);
+            lx_error_at(lx, lx->tline, lx->tcol, "string longer than %d bytes",
+                        FILTER_STRING_MAX);
             buf_free(&b);
             return;
         }
@@ -249,11 +268,24 @@ static void lex_number(struct lexer *lx)
     uint64_t mul = 1;
     if (lx->p < lx->end) {
         switch (*lx->p) {
-        case 'b': case 'B': mul = 1; break;
-        case 'k': case 'K': mul = 1024; break;
-        case 'm': case 'M': mul = 1024 * 1024; break;
-        case 'g': case 'G': mul = 1024ull * 1024 * 1024; break;
-        default: mul = 0;
+        case 'b':
+        case 'B':
+            mul = 1;
+            break;
+        case 'k':
+        case 'K':
+            mul = 1024;
+            break;
+        case 'm':
+        case 'M':
+            mul = 1024 * 1024;
+            break;
+        case 'g':
+        case 'G':
+            mul = 1024ull * 1024 * 1024;
+            break;
+        default:
+            mul = 0;
         }
         if (mul)
             adv(lx);
@@ -341,8 +373,10 @@ static bool node(struct lexer *lx, unsigned line, unsigned col)
 {
     if (++lx->nodes <= FILTER_MAX_NODES)
         return true;
-    lx_error_at(lx, line, col, "filter longer than %d rules, operators and "
-                               "actions", FILTER_MAX_NODES);
+    lx_error_at(lx, line, col,
+                "filter longer than %d rules, operators and "
+                "actions",
+                FILTER_MAX_NODES);
     return false;
 }
 
@@ -354,19 +388,32 @@ static bool is_kw(const struct lexer *lx, const char *kw)
 static const char *tok_name(const struct lexer *lx)
 {
     switch (lx->t) {
-    case T_EOF: return "the end of the file";
-    case T_IDENT: return "a name";
-    case T_STRING: return "a string";
-    case T_NUMBER: return "a number";
-    case T_COLON: return "':'";
-    case T_BANG: return "'!'";
-    case T_LBRACE: return "'{'";
-    case T_RBRACE: return "'}'";
-    case T_LPAREN: return "'('";
-    case T_RPAREN: return "')'";
-    case T_COMMA: return "','";
-    case T_SEMI: return "';'";
-    case T_OP: return "a comparison";
+    case T_EOF:
+        return "the end of the file";
+    case T_IDENT:
+        return "a name";
+    case T_STRING:
+        return "a string";
+    case T_NUMBER:
+        return "a number";
+    case T_COLON:
+        return "':'";
+    case T_BANG:
+        return "'!'";
+    case T_LBRACE:
+        return "'{'";
+    case T_RBRACE:
+        return "'}'";
+    case T_LPAREN:
+        return "'('";
+    case T_RPAREN:
+        return "')'";
+    case T_COMMA:
+        return "','";
+    case T_SEMI:
+        return "';'";
+    case T_OP:
+        return "a comparison";
     }
     return "?";
 }
@@ -415,13 +462,14 @@ static void *compile_re(struct lexer *lx, const struct filter_value *v)
 {
     int code;
     PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)v->s, strlen(v->s), 0, &code,
-                                   &off, NULL);
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)v->s, strlen(v->s), 0, &code, &off, NULL);
     if (re == NULL) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(code, msg, sizeof(msg));
-        lx_error_at(lx, v->line, v->col, "bad regular expression: %s (at "
-                                         "offset %zu of the pattern)",
+        lx_error_at(lx, v->line, v->col,
+                    "bad regular expression: %s (at "
+                    "offset %zu of the pattern)",
                     (const char *)msg, (size_t)off);
     }
     return re;
@@ -442,9 +490,9 @@ static bool parse_date(const char *s, int64_t *out)
                &tm.tm_year, &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
         return false;
     int mon = tm.tm_mon, mday = tm.tm_mday;
-    if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 ||
-        tm.tm_mday > 31 || tm.tm_year < 1970 || tm.tm_hour > 23 ||
-        tm.tm_min > 59 || tm.tm_sec > 60)
+    if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
+        tm.tm_year < 1970 || tm.tm_hour > 23 || tm.tm_min > 59 ||
+        tm.tm_sec > 60)
         return false;
     tm.tm_mon -= 1;
     tm.tm_year -= 1900;
@@ -480,8 +528,8 @@ static bool rule_rhs(struct lexer *lx, struct filter_expr *e)
     if (lx->t != T_OP) {
         if (!d->unary_ok) {
             lx_error_at(lx, e->line, e->col,
-                        "%s needs a comparison (e.g. %s == \"...\")",
-                        d->name, d->name);
+                        "%s needs a comparison (e.g. %s == \"...\")", d->name,
+                        d->name);
             return false;
         }
         return true;
@@ -494,8 +542,7 @@ static bool rule_rhs(struct lexer *lx, struct filter_expr *e)
     }
     bool eq_only = d->rhs != FR_NUMBER && d->rhs != FR_DATE;
     if (eq_only && op != FOP_EQ && op != FOP_NE) {
-        lx_error_at(lx, oline, ocol, "%s compares only with == or !=",
-                    d->name);
+        lx_error_at(lx, oline, ocol, "%s compares only with == or !=", d->name);
         return false;
     }
     next(lx);
@@ -504,8 +551,8 @@ static bool rule_rhs(struct lexer *lx, struct filter_expr *e)
         return false;
     bool want_num = d->rhs == FR_NUMBER;
     if (want_num != (e->rhs.kind == FV_NUMBER)) {
-        lx_error_at(lx, e->rhs.line, e->rhs.col, "%s compares with %s",
-                    d->name, want_num ? "a number" : "a quoted string");
+        lx_error_at(lx, e->rhs.line, e->rhs.col, "%s compares with %s", d->name,
+                    want_num ? "a number" : "a quoted string");
         return false;
     }
     char why[160];
@@ -661,15 +708,13 @@ static struct filter_expr *parse_factor(struct lexer *lx)
 
 static struct filter_expr *parse_binary(struct lexer *lx, bool is_or)
 {
-    struct filter_expr *e =
-        is_or ? parse_binary(lx, false) : parse_factor(lx);
+    struct filter_expr *e = is_or ? parse_binary(lx, false) : parse_factor(lx);
     while (e && is_kw(lx, is_or ? "or" : "and")) {
         unsigned line = lx->tline, col = lx->tcol;
         next(lx);
-        struct filter_expr *b =
-            !node(lx, line, col) ? NULL
-            : is_or              ? parse_binary(lx, false)
-                                 : parse_factor(lx);
+        struct filter_expr *b = !node(lx, line, col) ? NULL
+                                : is_or              ? parse_binary(lx, false)
+                                                     : parse_factor(lx);
         if (b == NULL) {
             expr_free(e);
             return NULL;
@@ -874,8 +919,13 @@ static bool reserved(const char *name)
 bool filter_parse(const char *file, const char *text, size_t len,
                   struct filter_set *set, char *err, size_t errlen)
 {
-    struct lexer lx = {.file = file, .p = text, .end = text + len,
-                       .line = 1, .col = 1, .bol = true, .err = err,
+    struct lexer lx = {.file = file,
+                       .p = text,
+                       .end = text + len,
+                       .line = 1,
+                       .col = 1,
+                       .bol = true,
+                       .err = err,
                        .errlen = errlen};
     memset(set, 0, sizeof(*set));
     size_t cap = 0;

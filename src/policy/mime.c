@@ -64,8 +64,8 @@ static bool unfold(const char *msg, size_t voff, size_t vend, struct buf *out)
         }
         buf_putc(out, ch);
     }
-    while (out->len && (out->data[out->len - 1] == ' ' ||
-                        out->data[out->len - 1] == '\t'))
+    while (out->len &&
+           (out->data[out->len - 1] == ' ' || out->data[out->len - 1] == '\t'))
         out->len--;
     buf_putc(out, '\0');
     return ok;
@@ -77,8 +77,8 @@ static bool unfold(const char *msg, size_t voff, size_t vend, struct buf *out)
 typedef void (*field_fn)(void *arg, const char *msg, size_t noff, size_t nlen,
                          size_t voff, size_t vend, size_t foff, size_t fend);
 
-static size_t header_block(const char *msg, size_t len, size_t off,
-                           field_fn fn, void *arg, bool *bad)
+static size_t header_block(const char *msg, size_t len, size_t off, field_fn fn,
+                           void *arg, bool *bad)
 {
     size_t end, next;
     size_t foff = 0, noff = 0, nlen = 0, voff = 0, vend = 0;
@@ -129,8 +129,8 @@ static void top_field(void *arg, const char *msg, size_t noff, size_t nlen,
         m->valid = false;
         return;
     }
-    m->headers = xgrow(m->headers, &m->hcap, m->nheaders + 1,
-                       sizeof(*m->headers));
+    m->headers =
+        xgrow(m->headers, &m->hcap, m->nheaders + 1, sizeof(*m->headers));
     struct mime_header *h = &m->headers[m->nheaders++];
     h->name = xstrndup(msg + noff, nlen);
     struct buf b = {0};
@@ -423,7 +423,8 @@ static void walk(struct mime_msg *m, const char *msg, size_t off, size_t end,
                 pend--;
             struct part_fields sub = {0};
             bool bad = false;
-            size_t body = header_block(msg, pend, start, part_field, &sub, &bad);
+            size_t body =
+                header_block(msg, pend, start, part_field, &sub, &bad);
             if (bad)
                 m->valid = false;
             walk(m, msg, body, pend < body ? body : pend, &sub, depth + 1);

@@ -17,38 +17,38 @@
 #include "core/buf.h"
 #include "core/util.h"
 
-#define MIME_MAX_HEADERS 1000 /* top-level fields kept */
-#define MIME_MAX_PARTS 500    /* leaf parts kept */
-#define MIME_MAX_DEPTH 20     /* multipart nesting */
+#define MIME_MAX_HEADERS 1000   /* top-level fields kept */
+#define MIME_MAX_PARTS 500      /* leaf parts kept */
+#define MIME_MAX_DEPTH 20       /* multipart nesting */
 #define MIME_VALUE_MAX 998 * 20 /* bytes of one unfolded field value */
 
 struct mime_header {
-    char *name;  /* as written */
-    char *value; /* unfolded (CRLF + WSP -> WSP), leading blanks removed */
+    char *name;      /* as written */
+    char *value;     /* unfolded (CRLF + WSP -> WSP), leading blanks removed */
     size_t off, len; /* the whole field in the message, CRLF included */
 };
 
 struct mime_part {
-    char type[128];        /* "text/plain", lower case ("text/plain" when
-                              none is given, RFC 2045 5.2) */
-    char *filename;        /* Content-Disposition filename or Content-Type
-                              name (RFC 2231 forms decoded), "" if none */
-    bool attachment;       /* Content-Disposition: attachment, or a file
-                              name, or not text */
+    char type[128];  /* "text/plain", lower case ("text/plain" when
+                        none is given, RFC 2045 5.2) */
+    char *filename;  /* Content-Disposition filename or Content-Type
+                        name (RFC 2231 forms decoded), "" if none */
+    bool attachment; /* Content-Disposition: attachment, or a file
+                        name, or not text */
     enum { MIME_7BIT, MIME_QP, MIME_BASE64, MIME_OTHER } cte;
     size_t body_off, body_len; /* the raw (encoded) body in the message */
-    unsigned depth;        /* 0: the message itself is this leaf */
+    unsigned depth;            /* 0: the message itself is this leaf */
 };
 
 struct mime_msg {
     size_t nheaders;
     struct mime_header *headers;
-    size_t header_len;     /* bytes of the top-level header block,
-                              the empty line included */
+    size_t header_len; /* bytes of the top-level header block,
+                          the empty line included */
     size_t nparts;
     struct mime_part *parts;
-    bool valid;            /* no structural problem found */
-    size_t hcap, pcap;     /* allocated */
+    bool valid;        /* no structural problem found */
+    size_t hcap, pcap; /* allocated */
 };
 
 /* Parse msg (CRLF or LF line ends). Always fills m; free with mime_free. */
