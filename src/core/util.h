@@ -51,6 +51,8 @@ void str_lower(char *s);
 
 /* Parse a decimal unsigned integer occupying the whole of s[0..len). */
 bool parse_u64(const char *s, size_t len, uint64_t *out);
+/* The value of a base64 character (RFC 4648 alphabet), or -1. */
+int b64_value(unsigned char c);
 
 /* Monotonic and wall clocks in one place (tests may stub the wall clock). */
 uint64_t time_mono_ms(void);

@@ -505,21 +505,6 @@ size_t mime_header_count(const struct mime_msg *m, const char *name)
     return n;
 }
 
-static int b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 void mime_decode(const struct mime_part *p, const char *msg, struct buf *out)
 {
     const char *s = msg + p->body_off;
@@ -529,7 +514,7 @@ void mime_decode(const struct mime_part *p, const char *msg, struct buf *out)
         for (size_t i = 0; i < n; i++) {
             if (s[i] == '=')
                 break;
-            int v = b64val((unsigned char)s[i]);
+            int v = b64_value((unsigned char)s[i]);
             if (v < 0)
                 continue; /* line breaks, junk */
             acc = (acc << 6) | (unsigned)v;
