@@ -598,6 +598,51 @@ static bool rule_rhs(struct lexer *lx, struct filter_expr *e)
     return true;
 }
 
+/* "(" was read: values up to ")" (consumed) into args. strings_of: only
+ * quoted strings (the action named). */
+static void parse_args(struct lexer *lx, struct filter_value *args,
+                       size_t *nargs, const char *strings_of)
+{
+    while (lx->t != T_RPAREN && !lx->failed) {
+        if (*nargs == FILTER_MAX_ARGS) {
+            lx_error_at(lx, lx->tline, lx->tcol, "too many arguments");
+            return;
+        }
+        if (strings_of && lx->t != T_STRING) {
+            lx_error_at(lx, lx->tline, lx->tcol,
+                        "%s takes quoted strings, found %s", strings_of,
+                        tok_name(lx));
+            return;
+        }
+        if (!take_value(lx, &args[*nargs]))
+            return;
+        (*nargs)++;
+        if (lx->t == T_COMMA) {
+            next(lx);
+            if (lx->t == T_RPAREN)
+                lx_error_at(lx, lx->tline, lx->tcol,
+                            "expected an argument after ','");
+        } else if (lx->t != T_RPAREN) {
+            expect(lx, T_RPAREN, "',' or ')'");
+        }
+    }
+    if (!lx->failed)
+        next(lx); /* ')' */
+}
+
+static void check_arity(struct lexer *lx, const char *name, unsigned min,
+                        unsigned max, size_t n, unsigned line, unsigned col)
+{
+    if (n >= min && n <= max)
+        return;
+    if (min == max)
+        lx_error_at(lx, line, col, "%s takes %u argument%s, not %zu", name, min,
+                    min == 1 ? "" : "s", n);
+    else
+        lx_error_at(lx, line, col, "%s takes %u to %u arguments, not %zu", name,
+                    min, max, n);
+}
+
 static struct filter_expr *parse_rule(struct lexer *lx)
 {
     if (lx->t != T_IDENT) {
@@ -620,25 +665,7 @@ static struct filter_expr *parse_rule(struct lexer *lx)
     next(lx);
     if (lx->t == T_LPAREN) {
         next(lx);
-        while (lx->t != T_RPAREN && !lx->failed) {
-            if (e->nargs == FILTER_MAX_ARGS) {
-                lx_error_at(lx, lx->tline, lx->tcol, "too many arguments");
-                break;
-            }
-            if (!take_value(lx, &e->args[e->nargs]))
-                break;
-            e->nargs++;
-            if (lx->t == T_COMMA) {
-                next(lx);
-                if (lx->t == T_RPAREN)
-                    lx_error_at(lx, lx->tline, lx->tcol,
-                                "expected an argument after ','");
-            } else if (lx->t != T_RPAREN) {
-                expect(lx, T_RPAREN, "',' or ')'");
-            }
-        }
-        if (!lx->failed)
-            next(lx); /* ')' */
+        parse_args(lx, e->args, &e->nargs, NULL);
     }
     for (size_t i = 0; !lx->failed && i < e->nargs && d->arg_kinds[i]; i++) {
         bool num = d->arg_kinds[i] == 'n';
@@ -647,16 +674,9 @@ static struct filter_expr *parse_rule(struct lexer *lx)
                         "argument %zu of %s is %s", i + 1, d->name,
                         num ? "a number" : "a quoted string");
     }
-    if (!lx->failed && (e->nargs < d->args_min || e->nargs > d->args_max)) {
-        if (d->args_min == d->args_max)
-            lx_error_at(lx, e->line, e->col, "%s takes %u argument%s, not %zu",
-                        d->name, d->args_min, d->args_min == 1 ? "" : "s",
-                        e->nargs);
-        else
-            lx_error_at(lx, e->line, e->col,
-                        "%s takes %u to %u arguments, not %zu", d->name,
-                        d->args_min, d->args_max, e->nargs);
-    }
+    if (!lx->failed)
+        check_arity(lx, d->name, d->args_min, d->args_max, e->nargs, e->line,
+                    e->col);
     if (!lx->failed && d->arg0_regex) {
         if (e->args[0].kind != FV_STRING)
             lx_error_at(lx, e->args[0].line, e->args[0].col,
@@ -804,41 +824,11 @@ static struct filter_stmt *parse_action(struct lexer *lx)
     s->line = lx->tline;
     s->col = lx->tcol;
     next(lx);
-    if (expect(lx, T_LPAREN, "'(' after the action's name")) {
-        while (lx->t != T_RPAREN && !lx->failed) {
-            if (s->nargs == FILTER_MAX_ARGS) {
-                lx_error_at(lx, lx->tline, lx->tcol, "too many arguments");
-                break;
-            }
-            if (lx->t != T_STRING) {
-                lx_error_at(lx, lx->tline, lx->tcol,
-                            "%s takes quoted strings, found %s", d->name,
-                            tok_name(lx));
-                break;
-            }
-            take_value(lx, &s->args[s->nargs++]);
-            if (lx->t == T_COMMA) {
-                next(lx);
-                if (lx->t == T_RPAREN)
-                    lx_error_at(lx, lx->tline, lx->tcol,
-                                "expected an argument after ','");
-            } else if (lx->t != T_RPAREN) {
-                expect(lx, T_RPAREN, "',' or ')'");
-            }
-        }
-        if (!lx->failed)
-            next(lx);
-    }
-    if (!lx->failed && (s->nargs < d->args_min || s->nargs > d->args_max)) {
-        if (d->args_min == d->args_max)
-            lx_error_at(lx, s->line, s->col, "%s takes %u argument%s, not %zu",
-                        d->name, d->args_min, d->args_min == 1 ? "" : "s",
-                        s->nargs);
-        else
-            lx_error_at(lx, s->line, s->col,
-                        "%s takes %u to %u arguments, not %zu", d->name,
-                        d->args_min, d->args_max, s->nargs);
-    }
+    if (expect(lx, T_LPAREN, "'(' after the action's name"))
+        parse_args(lx, s->args, &s->nargs, d->name);
+    if (!lx->failed)
+        check_arity(lx, d->name, d->args_min, d->args_max, s->nargs, s->line,
+                    s->col);
     if (!lx->failed && strcmp(d->name, "edit-header-text") == 0)
         s->re = compile_re(lx, &s->args[1]);
     if (!lx->failed)
